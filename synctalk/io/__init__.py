@@ -1,0 +1,1 @@
+"""File I/O: atomic writes, video/audio decode and encode."""

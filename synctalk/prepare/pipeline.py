@@ -1,0 +1,195 @@
+"""Runs the prepare stages in order, resumably.
+
+Each stage declares the files it writes. After it succeeds, a record ``.stages/<name>.json`` stores
+its version, settings, published facts, the size and mtime of every output, and a digest chaining the
+records of the stages it depends on. A later run skips a stage only when its record matches all of
+that (so an edited setting, a re-run upstream stage, or a deleted/truncated output re-runs it);
+``force=True`` re-runs everything. Outputs are written atomically by the stages, and the record is
+written last, so an interrupted run never leaves a file that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synctalk import SUBJECT_FORMAT_VERSION, __version__
+from synctalk.errors import InputError, StageError, SyncTalkError
+from synctalk.io.atomic import write_json
+from synctalk.log import get_logger
+from synctalk.prepare.config import PrepareConfig
+from synctalk.prepare.context import StageContext
+from synctalk import subject as S
+
+log = get_logger("prepare")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: int                       # bump when the stage's output changes meaning
+    outputs: tuple[str, ...]           # files (relative to the subject dir) the stage writes
+    depends: tuple[str, ...]           # stages whose outputs it reads
+    settings: Callable[[PrepareConfig], Any]   # the part of the config that affects this stage
+    run: Callable[[StageContext], dict[str, Any]]
+
+
+def _stages() -> list[Stage]:
+    # Imported here so `synctalk --help` does not import cv2/mediapipe/torch.
+    from synctalk.prepare import background, decode, expressions, figures, landmarks, parsing, pose
+
+    return [
+        Stage("decode", 1, (S.FRAMES, S.AUDIO), (), lambda c: c.decode, decode.run),
+        Stage("landmarks", 1, (S.LANDMARKS, landmarks.SEGMENTATION), ("decode",),
+              lambda c: c.landmarks, landmarks.run),
+        Stage("parsing", 1, (S.PARSING,), ("decode", "landmarks"), lambda c: c.parsing, parsing.run),
+        Stage("expressions", 1, (S.EXPRESSIONS,), ("landmarks",), lambda c: c.expressions, expressions.run),
+        Stage("background", 1, (S.BACKGROUND, S.TORSO, background.TORSO_ALPHA), ("decode", "parsing"),
+              lambda c: c.background, background.run),
+        Stage("pose", 1, (S.POSE,), ("decode", "landmarks", "parsing"), lambda c: c.pose, pose.run),
+        Stage("figures", 1, (f"{S.FIGURES}/contact_sheet.png", f"{S.FIGURES}/pose_track.png"),
+              ("decode", "landmarks", "parsing", "pose"), lambda c: None, figures.run),
+    ]
+
+
+STAGE_NAMES = ("decode", "landmarks", "parsing", "expressions", "background", "pose", "figures")
+
+
+def _settings_json(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return obj
+
+
+def _record_path(root: Path, name: str) -> Path:
+    return root / S.STAGE_DIR / f"{name}.json"
+
+
+def _load_record(root: Path, name: str) -> dict[str, Any] | None:
+    p = _record_path(root, name)
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _file_stamp(path: Path) -> dict[str, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _expected_key(stage: Stage, cfg: PrepareConfig, source_key: dict, records: dict[str, dict]) -> str:
+    upstream = {d: records[d]["digest"] for d in stage.depends}
+    return _digest({
+        "stage": stage.name, "version": stage.version, "format": SUBJECT_FORMAT_VERSION,
+        "settings": _settings_json(stage.settings(cfg)), "upstream": upstream,
+        "source": source_key if stage.name == "decode" else None,
+    })
+
+
+def _record_valid(root: Path, rec: dict | None, key: str) -> bool:
+    if not rec or rec.get("key") != key:
+        return False
+    for name, stamp in rec.get("outputs", {}).items():
+        if _file_stamp(root / name) != stamp:
+            return False
+    return True
+
+
+def prepare(source: str | Path, root: str | Path, cfg: PrepareConfig | None = None,
+            force: bool = False, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Prepare ``source`` into subject directory ``root``; returns the manifest (subject.json)."""
+    cfg = cfg or PrepareConfig()
+    source = Path(source).expanduser().resolve()
+    root = Path(root).expanduser().resolve()
+    if not source.is_file():
+        raise InputError(f"input video not found: {source}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / S.STAGE_DIR).mkdir(exist_ok=True)
+    st = source.stat()
+    source_key = {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    ctx = StageContext(root=root, source=source, config=cfg)
+    records: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    for stage in _stages():
+        key = _expected_key(stage, cfg, source_key, records)
+        rec = _load_record(root, stage.name)
+        wanted = only is None or stage.name in only
+        if not force and _record_valid(root, rec, key):
+            log.info("%-12s up to date, skipped", stage.name)
+        elif not wanted and rec is not None and _record_valid(root, rec, key):
+            pass
+        else:
+            if not wanted:
+                raise StageError(f"stage {stage.name!r} must run before the requested stages; drop --only")
+            log.info("%-12s running", stage.name)
+            t0 = time.perf_counter()
+            try:
+                facts = stage.run(ctx) or {}
+            except SyncTalkError:
+                raise
+            except Exception as e:  # a bug or an unforeseen input: name the stage, keep the cause
+                raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
+            seconds = time.perf_counter() - t0
+            outputs = {}
+            for name in stage.outputs:
+                stamp = _file_stamp(root / name)
+                if stamp is None:
+                    raise StageError(f"stage {stage.name} did not write {name}")
+                outputs[name] = stamp
+            rec = {"stage": stage.name, "version": stage.version, "key": key,
+                   "digest": _digest({"key": key, "outputs": outputs}),
+                   "settings": _settings_json(stage.settings(cfg)), "facts": facts,
+                   "outputs": outputs, "seconds": round(seconds, 3), "synctalk": __version__,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_json(_record_path(root, stage.name), rec)
+            log.info("%-12s done in %.1f s", stage.name, seconds)
+        assert rec is not None
+        records[stage.name] = rec
+        timings[stage.name] = float(rec.get("seconds", 0.0))
+        ctx.facts.update(rec.get("facts", {}))
+
+    manifest = build_manifest(ctx, records)
+    write_json(root / S.MANIFEST, manifest)
+    return manifest
+
+
+def build_manifest(ctx: StageContext, records: dict[str, dict]) -> dict[str, Any]:
+    f = ctx.facts
+    n = int(f["n_frames"])
+    split = S.Split.temporal(n, ctx.config.test_denominator)
+    files = {name: {"bytes": (ctx.root / name).stat().st_size}
+             for rec in records.values() for name in rec["outputs"]}
+    return {
+        "format_version": SUBJECT_FORMAT_VERSION,
+        "synctalk": __version__,
+        "source": f.get("source"),
+        "frames": n,
+        "fps": f["fps"],
+        "width": f["width"],
+        "height": f["height"],
+        "audio": f.get("audio"),
+        "crop": f.get("crop"),
+        "camera": f.get("camera"),
+        "split": split.to_json(),
+        "labels": S.LABEL_NAMES,
+        "expression_names": list(S.EXPRESSION_NAMES),
+        "files": files,
+        "total_bytes": sum(v["bytes"] for v in files.values()),
+        "stages": {k: {"version": r["version"], "seconds": r["seconds"], "settings": r["settings"],
+                       "facts": r["facts"], "finished": r["finished"]} for k, r in records.items()},
+    }
