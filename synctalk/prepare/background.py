@@ -7,7 +7,6 @@ from typing import Any
 
 from synctalk.prepare.context import StageContext
 
-TORSO_ALPHA = "torso_alpha.npz"  # per-frame torso alpha (maskcodec, 0/255): neck + torso + inpainted neck
 
 
 @dataclass(frozen=True)

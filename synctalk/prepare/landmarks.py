@@ -7,7 +7,6 @@ from typing import Any
 
 from synctalk.prepare.context import StageContext
 
-SEGMENTATION = "segmentation.npz"  # person mask per frame (maskcodec, 0/255)
 
 
 @dataclass(frozen=True)
