@@ -24,3 +24,17 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def anchor_video(shared_data: Path) -> Path:
     return shared_data / "cnn_anchor_dfrf_71s.mp4"
+
+
+@pytest.fixture(scope="session")
+def prepared_anchor(anchor_video: Path, tmp_path_factory) -> Path:
+    """The 71-s anchor clip prepared once per test session (full `synctalk prepare`, ~1 min).
+
+    Set SYNCTALK_TEST_SUBJECT_CACHE=/some/dir to keep it between local runs: prepare is resumable,
+    so a second session only re-validates the stage records."""
+    from synctalk.prepare.pipeline import prepare
+
+    cache = os.environ.get("SYNCTALK_TEST_SUBJECT_CACHE")
+    root = Path(cache) / "anchor" if cache else tmp_path_factory.mktemp("anchor_subject")
+    prepare(anchor_video, root)
+    return root

@@ -96,7 +96,7 @@ def _expected_key(stage: Stage, cfg: PrepareConfig, source_key: dict, records: d
     return _digest({
         "stage": stage.name, "version": stage.version, "format": SUBJECT_FORMAT_VERSION,
         "settings": _settings_json(stage.settings(cfg)), "upstream": upstream,
-        "source": source_key if stage.name == "decode" else None,
+        "source": source_key if not stage.depends else None,  # root stages read the video
     })
 
 
