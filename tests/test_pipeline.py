@@ -96,6 +96,18 @@ def test_failed_stage_leaves_no_record_and_resumes_there(fake):
     assert rec.calls == ["a", "b", "b", "c"], "a is reused, b and c run"
 
 
+def test_only_runs_requested_stages_and_needs_earlier_ones(fake):
+    rec, src, out = fake
+    with pytest.raises(StageError, match="stage 'a' has no valid output yet"):
+        pipeline.prepare(src, out, only=("b",))
+    assert pipeline.prepare(src, out, only=("a",)) == {}, "no manifest until every stage is done"
+    assert rec.calls == ["a"] and not (out / "subject.json").exists()
+    pipeline.prepare(src, out, only=("b",), force=True)
+    assert rec.calls == ["a", "b"], "force re-runs only the requested stage"
+    m = pipeline.prepare(src, out)
+    assert rec.calls == ["a", "b", "c"] and m["frames"] == 11
+
+
 def test_changed_source_reruns(fake):
     rec, src, out = fake
     pipeline.prepare(src, out)

@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
             raise SyncTalkError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
     m = prepare(args.video, args.output, cfg, force=args.force, only=tuple(args.only) if args.only else None)
     log = get_logger("prepare")
+    if not m:  # --only stopped before the last stage
+        return 0
     stages = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in m["stages"].items())
     log.info("subject %s: %d frames %dx%d @ %g fps, %.1f MiB (%s)", args.output, m["frames"], m["width"],
              m["height"], m["fps"], m["total_bytes"] / 2**20, stages)

@@ -123,49 +123,58 @@ def prepare(source: str | Path, root: str | Path, cfg: PrepareConfig | None = No
     source_key = {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     ctx = StageContext(root=root, source=source, config=cfg)
+    stages = _stages()
+    # With --only, stages after the last requested one are left alone; earlier unrequested stages
+    # must already be valid (their outputs are inputs of the requested ones).
+    last = max(i for i, st in enumerate(stages) if only is None or st.name in only)
     records: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-    for stage in _stages():
+    for stage in stages[: last + 1]:
         key = _expected_key(stage, cfg, source_key, records)
         rec = _load_record(root, stage.name)
         wanted = only is None or stage.name in only
-        if not force and _record_valid(root, rec, key):
+        valid = _record_valid(root, rec, key)
+        if valid and (not force or not wanted):
             log.info("%-12s up to date, skipped", stage.name)
-        elif not wanted and rec is not None and _record_valid(root, rec, key):
-            pass
+        elif not wanted:
+            raise StageError(f"stage {stage.name!r} has no valid output yet; run it before {', '.join(only or ())}")
         else:
-            if not wanted:
-                raise StageError(f"stage {stage.name!r} must run before the requested stages; drop --only")
-            log.info("%-12s running", stage.name)
-            t0 = time.perf_counter()
-            try:
-                facts = stage.run(ctx) or {}
-            except SyncTalkError:
-                raise
-            except Exception as e:  # a bug or an unforeseen input: name the stage, keep the cause
-                raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
-            seconds = time.perf_counter() - t0
-            outputs = {}
-            for name in stage.outputs:
-                stamp = _file_stamp(root / name)
-                if stamp is None:
-                    raise StageError(f"stage {stage.name} did not write {name}")
-                outputs[name] = stamp
-            rec = {"stage": stage.name, "version": stage.version, "key": key,
-                   "digest": _digest({"key": key, "outputs": outputs}),
-                   "settings": _settings_json(stage.settings(cfg)), "facts": facts,
-                   "outputs": outputs, "seconds": round(seconds, 3), "synctalk": __version__,
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            write_json(_record_path(root, stage.name), rec)
-            log.info("%-12s done in %.1f s", stage.name, seconds)
+            rec = _run_stage(stage, ctx, cfg, key)
         assert rec is not None
         records[stage.name] = rec
-        timings[stage.name] = float(rec.get("seconds", 0.0))
         ctx.facts.update(rec.get("facts", {}))
 
+    if len(records) < len(stages):
+        log.info("stopped after %s (--only); subject.json is written once every stage is done", stages[last].name)
+        return {}
     manifest = build_manifest(ctx, records)
     write_json(root / S.MANIFEST, manifest)
     return manifest
+
+
+def _run_stage(stage: Stage, ctx: StageContext, cfg: PrepareConfig, key: str) -> dict[str, Any]:
+    log.info("%-12s running", stage.name)
+    t0 = time.perf_counter()
+    try:
+        facts = stage.run(ctx) or {}
+    except SyncTalkError:
+        raise
+    except Exception as e:  # a bug or an unforeseen input: name the stage, keep the cause
+        raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
+    seconds = time.perf_counter() - t0
+    outputs = {}
+    for name in stage.outputs:
+        stamp = _file_stamp(ctx.root / name)
+        if stamp is None:
+            raise StageError(f"stage {stage.name} did not write {name}")
+        outputs[name] = stamp
+    rec = {"stage": stage.name, "version": stage.version, "key": key,
+           "digest": _digest({"key": key, "outputs": outputs}),
+           "settings": _settings_json(stage.settings(cfg)), "facts": facts,
+           "outputs": outputs, "seconds": round(seconds, 3), "synctalk": __version__,
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(_record_path(ctx.root, stage.name), rec)
+    log.info("%-12s done in %.1f s", stage.name, seconds)
+    return rec
 
 
 def build_manifest(ctx: StageContext, records: dict[str, dict]) -> dict[str, Any]:
