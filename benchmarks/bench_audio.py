@@ -1,0 +1,61 @@
+"""Benchmark: train the subject sync model (default preset) on a prepared subject and report time,
+held-out sync accuracy (fraction of test windows whose best offset in +-15 frames is within +-1) and
+peak memory. Writes the subject's audio/ artefacts as a side effect.
+
+    python benchmarks/bench_audio.py SUBJECT_DIR [--preset default|tiny] [--steps N] [--device cuda]
+
+On the GPU machine (no PyAV/mediapipe needed: frames.mp4 is read with OpenCV, audio.wav with the
+standard library, landmarks from landmarks.npz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("subject", type=Path)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    import torch
+
+    from synctalk.audio.features import AVE_META, build_subject_audio
+    from synctalk.audio.sync_model import preset
+    from synctalk.log import setup_logging
+
+    setup_logging()
+    overrides = {"device": args.device}
+    if args.steps:
+        overrides["steps"] = args.steps
+    cfg = preset(args.preset, **overrides)
+    t0 = time.perf_counter()
+    facts = build_subject_audio(args.subject, cfg)
+    total = time.perf_counter() - t0
+    meta = json.loads((args.subject / AVE_META).read_text())
+    result = {
+        "preset": args.preset, "steps": cfg.steps, "device": meta["training"]["device"],
+        "train_seconds": round(meta["training"]["seconds"], 1), "total_seconds": round(total, 1),
+        "test_within_1_frame": meta["test_sync"]["within_tolerance"], "test_exact": meta["test_sync"]["exact"],
+        "test_windows": meta["test_sync"]["windows"],
+        "loss_first": round(meta["training"]["loss_first"], 3), "loss_last": round(meta["training"]["loss_last"], 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+        "facts": facts,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

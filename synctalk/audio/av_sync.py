@@ -1,0 +1,121 @@
+"""Landmark-only lip-sync score: needs no SyncNet weights (none are available offline).
+
+Mouth opening per video frame (inner-lip gap 13-14 over face height) is cross-correlated (Pearson, over
+the overlapping frames) with the audio RMS envelope per video frame for offsets -15..+15 frames.
+``offset > 0`` means the audio is LATE: the sound matching video frame t is at audio frame t + offset.
+Speech activity comes from silero-vad (its model ships in the wheel); frames well inside non-speech
+stretches should show a closed mouth, which gives the silent-frames-closed fraction.
+
+Calibration on /work/shared/data (tests/test_audio_av_sync.py): the 71-s CNN anchor scores offset 0
+(peak r 0.29), and with its audio delayed by 10 frames scores +10; the German anchor scores +1.
+A 5-s clip is too short for a reliable estimate (MIN_FRAMES).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from synctalk.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from synctalk.audio.mouth import mouth_opening
+from synctalk.errors import InputError
+from synctalk.log import get_logger
+
+log = get_logger("audio.av_sync")
+
+MAX_OFFSET = 15
+MIN_FRAMES = 4 * MAX_OFFSET       # below this the overlap is too short for a meaningful correlation
+CLOSED_OPENING = 0.012            # inner-lip gap / face height under which the mouth counts as closed
+SILENCE_MARGIN = 2                # frames of non-speech next to speech are transitions, not silence
+
+
+@dataclass(frozen=True)
+class SyncScore:
+    best_offset: int                 # frames; > 0 = audio late
+    peak_correlation: float          # Pearson r at the best offset
+    correlation_margin: float        # peak minus the median r over all offsets (a confidence)
+    silent_frames_closed: float | None  # fraction of silent frames with the mouth closed (None: no silence)
+    silent_frames: int
+    speech_fraction: float
+    frames: int
+    correlations: list[float]        # r for offsets -MAX_OFFSET..MAX_OFFSET
+
+    def in_sync(self, tolerance: int = 1) -> bool:
+        return abs(self.best_offset) <= tolerance
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def frame_rms(wav: np.ndarray, n_frames: int) -> np.ndarray:
+    """[n_frames] RMS of each video frame's 40 ms of audio (zero-padded at the end)."""
+    x = np.zeros(n_frames * SAMPLES_PER_FRAME, np.float64)
+    m = min(len(wav), len(x))
+    x[:m] = wav[:m]
+    return np.sqrt(np.mean(x.reshape(n_frames, SAMPLES_PER_FRAME) ** 2, axis=1))
+
+
+def speech_frames(wav: np.ndarray, n_frames: int) -> np.ndarray:
+    """[n_frames] bool: silero-vad speech activity per video frame."""
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    model = load_silero_vad()
+    stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), model,
+                                   sampling_rate=SAMPLE_RATE)
+    speech = np.zeros(n_frames, bool)
+    for s in stamps:
+        speech[s["start"] // SAMPLES_PER_FRAME:-(-s["end"] // SAMPLES_PER_FRAME)] = True
+    return speech
+
+
+def offset_correlations(video_signal: np.ndarray, audio_signal: np.ndarray, max_offset: int = MAX_OFFSET) -> np.ndarray:
+    """Pearson r of video[t] with audio[t + k] for k = -max_offset..max_offset (overlap only)."""
+    n = min(len(video_signal), len(audio_signal))
+    v, a = np.asarray(video_signal[:n], np.float64), np.asarray(audio_signal[:n], np.float64)
+    out = np.zeros(2 * max_offset + 1)
+    for i, k in enumerate(range(-max_offset, max_offset + 1)):
+        x, y = (v[: n - k], a[k:]) if k >= 0 else (v[-k:], a[: n + k])
+        if x.std() < 1e-12 or y.std() < 1e-12:
+            out[i] = 0.0  # a constant signal correlates with nothing
+        else:
+            out[i] = float(np.corrcoef(x, y)[0, 1])
+    return out
+
+
+def score_sync(lms: np.ndarray, wav: np.ndarray, speech: np.ndarray | None = None,
+               max_offset: int = MAX_OFFSET) -> SyncScore:
+    """Score landmarks [N,478,3] (25 fps) against 16 kHz ``wav``; ``speech`` defaults to silero-vad."""
+    n = len(lms)
+    if n < MIN_FRAMES:
+        raise InputError(f"the video has {n} frames; at least {MIN_FRAMES} ({MIN_FRAMES / 25:.1f} s) are needed")
+    opening = mouth_opening(lms)
+    rms = frame_rms(wav, n)
+    corr = offset_correlations(opening, rms, max_offset)
+    best = int(np.argmax(corr))
+    if speech is None:
+        speech = speech_frames(wav, n)
+    # Silence = non-speech frames at least SILENCE_MARGIN frames from any speech frame.
+    near_speech = np.convolve(speech.astype(int), np.ones(2 * SILENCE_MARGIN + 1, int), mode="same") > 0
+    silent = ~near_speech
+    closed = float(np.mean(opening[silent] < CLOSED_OPENING)) if silent.any() else None
+    return SyncScore(best_offset=best - max_offset, peak_correlation=float(corr[best]),
+                     correlation_margin=float(corr[best] - np.median(corr)), silent_frames_closed=closed,
+                     silent_frames=int(silent.sum()), speech_fraction=float(speech.mean()), frames=n,
+                     correlations=[float(c) for c in corr])
+
+
+def score_video(video: str | os.PathLike, audio: str | os.PathLike | None = None) -> SyncScore:
+    """Run face mesh on ``video`` and score it against its own audio track or ``audio``."""
+    from synctalk.audio.load import load_driving_audio
+    from synctalk.audio.mouth import face_mesh_landmarks
+
+    wav = load_driving_audio(audio if audio is not None else video)
+    lms, detected, fps = face_mesh_landmarks(video)
+    if abs(fps - 25) > 0.01:
+        raise InputError(f"{video} is {fps:g} fps; sync-score expects 25 fps video (the frame offset unit)")
+    if detected.mean() < 0.5:
+        raise InputError(f"a face was found in only {100 * detected.mean():.0f} % of the frames of {video}")
+    return score_sync(lms, wav)

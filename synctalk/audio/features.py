@@ -1,0 +1,96 @@
+"""Per-subject audio artefacts: train the sync model and store the AVE + per-frame features.
+
+Files (inside the subject directory, all written atomically):
+- ``audio/ave.safetensors``   AudioEncoder weights in the ORIGINAL key layout (``0.conv_block.0.weight``
+  ...), loadable by ``load_original_ave`` exactly like SyncTalk's ``audio_visual_encoder.pth``;
+- ``audio/mouth.safetensors`` the matching mouth encoder (+ ``log_scale``), for sync scoring;
+- ``audio/ave.json``          how it was trained (config, timings, loss, held-out sync accuracy);
+- ``audio/features.npy``      [n_frames, 512] float32 AVE features of the subject's own audio.wav.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synctalk import subject as S
+from synctalk.audio.ave import AudioEncoder, audio_features, load_original_ave, original_state_dict
+from synctalk.audio.sync_model import SyncModel, SyncTrainConfig, sync_accuracy, train_sync_model
+from synctalk.io.atomic import atomic_path, write_json
+from synctalk.log import get_logger
+
+log = get_logger("audio.features")
+
+AUDIO_DIR = "audio"
+AVE_WEIGHTS = f"{AUDIO_DIR}/ave.safetensors"
+MOUTH_WEIGHTS = f"{AUDIO_DIR}/mouth.safetensors"
+AVE_META = f"{AUDIO_DIR}/ave.json"
+FEATURES = f"{AUDIO_DIR}/features.npy"
+
+
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array, allow_pickle=False)
+
+
+def save_sync_model(root: Path, model: SyncModel, meta: dict) -> None:
+    _save_safetensors(root / AVE_WEIGHTS, original_state_dict(model.audio), {"layout": "wav2lip-audio-encoder"})
+    mouth = {f"mouth.{k}": v for k, v in model.mouth.state_dict().items()}
+    mouth["log_scale"] = model.log_scale.detach()
+    _save_safetensors(root / MOUTH_WEIGHTS, mouth, {"layout": "synctalk-mouth-encoder"})
+    write_json(root / AVE_META, meta)
+
+
+def load_sync_model(root: str | os.PathLike, device: str | torch.device = "cpu") -> SyncModel:
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    model = SyncModel()
+    model.audio = load_original_ave(root / AVE_WEIGHTS)
+    state = load_file(str(root / MOUTH_WEIGHTS))
+    model.mouth.load_state_dict({k[len("mouth."):]: v for k, v in state.items() if k.startswith("mouth.")})
+    model.log_scale.data.copy_(state["log_scale"])
+    return model.to(device).eval()
+
+
+def load_subject_ave(root: str | os.PathLike, device: str | torch.device = "cpu") -> AudioEncoder:
+    return load_original_ave(Path(root) / AVE_WEIGHTS, device=device)
+
+
+def build_from_arrays(root: Path, wav: np.ndarray, crops: np.ndarray, n_train: int,
+                      cfg: SyncTrainConfig) -> dict:
+    """Train on the train frames, measure held-out sync accuracy, write every artefact; returns facts."""
+    n_frames = len(crops)
+    model, stats = train_sync_model(wav, crops, n_train, cfg)
+    accuracy = sync_accuracy(model, wav, crops, range(n_train, n_frames), cfg.eval_max_offset)
+    log.info("held-out sync: %.1f %% of %d test windows within +-1 frame (exact %.1f %%)",
+             100 * accuracy["within_tolerance"], accuracy["windows"], 100 * accuracy["exact"])
+    features = audio_features(model.audio, wav, n_frames)
+    save_sync_model(root, model, {"training": stats, "test_sync": accuracy, "feature_dim": 512,
+                                  "n_frames": n_frames})
+    save_npy(root / FEATURES, features.astype(np.float32))
+    return {"ave_test_sync_within_1": accuracy["within_tolerance"], "ave_train_seconds": stats["seconds"],
+            "audio_feature_frames": n_frames}
+
+
+def build_subject_audio(root: str | os.PathLike, cfg: SyncTrainConfig) -> dict:
+    """Train the subject's sync model from a prepared subject directory (audio.wav, frames, landmarks)."""
+    from synctalk.audio.load import load_driving_audio
+    from synctalk.audio.mouth import mouth_crops
+    from synctalk.io.video import iter_frames
+
+    sub = S.Subject(root)
+    wav = load_driving_audio(sub.path(S.AUDIO))
+    lms = sub.landmarks()
+    crops = mouth_crops(iter_frames(sub.path(S.FRAMES)), lms)
+    return build_from_arrays(sub.root, wav, crops, sub.split.n_train, cfg)

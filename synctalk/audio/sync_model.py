@@ -1,0 +1,209 @@
+"""Subject-trained audio-visual sync model: the default AVE, needing no outside weights.
+
+A mouth encoder over 5 stacked grayscale lip crops (48x96) and the SyncNet ``AudioEncoder`` are trained
+contrastively (InfoNCE, cosine similarity with a learned temperature) on the subject's TRAIN frames
+only. For each anchor frame, the in-sync audio window must beat (a) audio shifted by 2..15 frames (hard
+negatives: same voice, same words nearby, wrong timing) and (b) other anchors' audio. Shifts of +-1
+frame are never negatives: at 25 fps they overlap 80 % of the window and are "in sync" for evaluation.
+Audio is voice-augmented (synctalk.audio.augment) so the encoder keys on articulation, not on timbre.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synctalk.audio.augment import augment_windows, voice_variant
+from synctalk.audio.ave import AudioEncoder, ConvBlock
+from synctalk.audio.mel import melspectrogram
+from synctalk.audio.windows import WINDOW_MELS, frame_window_starts
+from synctalk.errors import InputError
+from synctalk.log import get_logger, progress
+
+log = get_logger("audio.sync")
+
+STACK = 5          # video frames per mouth window (0.2 s, the audio window's span)
+HALF = STACK // 2
+
+
+@dataclass(frozen=True)
+class SyncTrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    hard_negatives: int = 8        # shifted audio windows per anchor
+    min_shift: int = 2
+    max_shift: int = 15
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    voice_variants: int = 6        # augmented waveform copies (plus the clean one)
+    mel_warp: float = 0.15
+    gain_db: float = 6.0
+    train_seconds: float | None = None   # use only the first N seconds of the train split (CPU tests)
+    eval_max_offset: int = 15
+    seed: int = 0
+    device: str = "auto"
+
+
+PRESETS = {
+    "default": SyncTrainConfig(),
+    # CPU smoke configuration: a few seconds of audio, a few hundred small steps.
+    "tiny": SyncTrainConfig(steps=200, batch_size=12, hard_negatives=3, voice_variants=1, train_seconds=8.0),
+}
+
+
+def preset(name: str, **overrides) -> SyncTrainConfig:
+    if name not in PRESETS:
+        raise InputError(f"unknown sync-model preset {name!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+class MouthEncoder(nn.Module):
+    """[B, 5, 48, 96] lip crops (uint8 range) -> [B, 512]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            ConvBlock(STACK, 32, 5, 1, 2),
+            ConvBlock(32, 64, 3, 2, 1), ConvBlock(64, 64, 3, 1, 1, residual=True),      # 24x48
+            ConvBlock(64, 128, 3, 2, 1), ConvBlock(128, 128, 3, 1, 1, residual=True),   # 12x24
+            ConvBlock(128, 256, 3, 2, 1), ConvBlock(256, 256, 3, 1, 1, residual=True),  # 6x12
+            ConvBlock(256, 512, 3, 2, 1), ConvBlock(512, 512, 3, 1, 1, residual=True),  # 3x6
+        )
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        x = crops.float() / 127.5 - 1.0
+        return self.layers(x).mean(dim=(2, 3))
+
+
+class SyncModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio = AudioEncoder()
+        self.mouth = MouthEncoder()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Windows:
+    """Mel windows of one waveform variant per frame, gathered on demand on the device."""
+
+    def __init__(self, mels: torch.Tensor, starts: np.ndarray):
+        self.mels = mels                            # [V, 80, T]
+        self.starts = torch.as_tensor(starts, device=mels.device)
+        self.offsets = torch.arange(WINDOW_MELS, device=mels.device)
+
+    def get(self, frames: torch.Tensor, variants: torch.Tensor) -> torch.Tensor:
+        idx = self.starts[frames][:, None] + self.offsets[None, :]            # [B, 16]
+        m = self.mels[variants]                                              # [B, 80, T]
+        w = torch.gather(m, 2, idx[:, None, :].expand(-1, m.shape[1], -1))   # [B, 80, 16]
+        return w.unsqueeze(1)
+
+
+def _stacks(crops: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    idx = frames[:, None] + torch.arange(-HALF, HALF + 1, device=crops.device)[None, :]
+    return crops[idx]  # [B, 5, 48, 96]
+
+
+def train_sync_model(wav: np.ndarray, crops: np.ndarray, n_train: int, cfg: SyncTrainConfig,
+                     ) -> tuple[SyncModel, dict]:
+    """Train on frames [0, n_train) of (16 kHz ``wav``, [N,48,96] ``crops``); returns model and stats."""
+    n_frames = len(crops)
+    if cfg.train_seconds is not None:
+        n_train = min(n_train, int(cfg.train_seconds * 25))
+    lo, hi = HALF, n_train - HALF - 1           # anchors whose 5-frame stack stays in train
+    if hi - lo < 2 * cfg.max_shift + 2:
+        raise InputError(f"too few training frames ({n_train}) for +-{cfg.max_shift}-frame negatives")
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+
+    train_wav = wav[: n_train * 640 + 3200]     # the train split's audio (+0.2 s for the last window)
+    variants = [train_wav] + [voice_variant(train_wav, rng) for _ in range(cfg.voice_variants)]
+    mels = torch.stack([melspectrogram(v, device=device) for v in variants])
+    windows = _Windows(mels, frame_window_starts(n_train, mels.shape[-1]))
+    crops_t = torch.as_tensor(crops[:n_train], device=device)
+
+    model = SyncModel().to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    b, m = cfg.batch_size, cfg.hard_negatives
+    losses: list[float] = []
+    for _step in progress(range(cfg.steps), "sync model", unit="step"):
+        anchors = torch.randint(lo, hi + 1, (b,), generator=gen, device=device)
+        mag = torch.randint(cfg.min_shift, cfg.max_shift + 1, (b, m), generator=gen, device=device)
+        sign = torch.randint(0, 2, (b, m), generator=gen, device=device) * 2 - 1
+        shifted = anchors[:, None] + mag * sign
+        shifted = torch.where((shifted < 0) | (shifted >= n_train), anchors[:, None] - mag * sign, shifted)
+        cand = torch.cat([anchors, shifted.reshape(-1)])                      # [b + b*m] audio frames
+        var = torch.randint(0, len(variants), (len(cand),), generator=gen, device=device)
+        audio_in = augment_windows(windows.get(cand, var), gen, cfg.mel_warp, cfg.gain_db)
+        mouth_in = _stacks(crops_t, anchors)
+        # Cheap photometric jitter: contrast/brightness per sample.
+        jitter = 1 + 0.2 * (torch.rand(b, 1, 1, 1, generator=gen, device=device) - 0.5)
+        mouth_in = (mouth_in.float() * jitter + 20 * (torch.rand(b, 1, 1, 1, generator=gen, device=device) - 0.5))
+        a = F.normalize(model.audio(audio_in), dim=-1)
+        v = F.normalize(model.mouth(mouth_in.clamp(0, 255)), dim=-1)
+        logits = model.scale() * v @ a.T                                      # [b, b + b*m]
+        # Candidates within +-1 frame of an anchor are in sync with it: never count them as negatives.
+        near = (cand[None, :] - anchors[:, None]).abs() <= 1
+        near[torch.arange(b), torch.arange(b)] = False
+        logits = logits.masked_fill(near, float("-inf"))
+        target = torch.arange(b, device=device)
+        loss_v2a = F.cross_entropy(logits, target)
+        loss_a2v = F.cross_entropy(logits[:, :b].T, target)
+        loss = 0.5 * (loss_v2a + loss_a2v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    k = max(1, len(losses) // 10)
+    stats = {"steps": cfg.steps, "seconds": time.perf_counter() - t0, "device": str(device),
+             "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+             "temperature": float(1 / model.scale().detach()), "n_train_frames": n_train, "config": asdict(cfg)}
+    log.info("sync model: %d steps in %.1f s on %s, loss %.3f -> %.3f", cfg.steps, stats["seconds"], device,
+             stats["loss_first"], stats["loss_last"])
+    return model, stats
+
+
+@torch.no_grad()
+def sync_accuracy(model: SyncModel, wav: np.ndarray, crops: np.ndarray, frames: range,
+                  max_offset: int = 15, tolerance: int = 1) -> dict:
+    """For every window in ``frames`` whose +-max_offset audio stays inside ``frames``: is the best
+    offset of the audio against the 5-frame mouth stack within ``tolerance`` of 0?"""
+    device = next(model.parameters()).device
+    n = len(crops)
+    mel = melspectrogram(wav, device=device)
+    starts = frame_window_starts(n, mel.shape[-1])
+    first, last = frames.start + HALF + max_offset, frames.stop - 1 - HALF - max_offset
+    if last < first:
+        raise InputError(f"the test split ({len(frames)} frames) is too short for +-{max_offset}-frame offsets")
+    audio_frames = np.arange(first - max_offset, last + max_offset + 1)
+    idx = torch.as_tensor(starts[audio_frames], device=device)[:, None] + torch.arange(WINDOW_MELS, device=device)
+    a = F.normalize(model.audio(mel[:, idx].permute(1, 0, 2).unsqueeze(1)), dim=-1)
+    anchors = torch.arange(first, last + 1, device=device)
+    v = F.normalize(model.mouth(_stacks(torch.as_tensor(crops, device=device), anchors)), dim=-1)
+    offsets = torch.arange(-max_offset, max_offset + 1, device=device)
+    rows = (anchors - (first - max_offset))[:, None] + offsets[None, :]     # index into a
+    sims = (v[:, None, :] * a[rows]).sum(-1)                                 # [W, 2K+1]
+    best = offsets[sims.argmax(dim=1)].cpu().numpy()
+    return {"windows": int(len(best)), "within_tolerance": float(np.mean(np.abs(best) <= tolerance)),
+            "exact": float(np.mean(best == 0)), "tolerance": tolerance, "max_offset": max_offset,
+            "median_abs_offset": float(np.median(np.abs(best)))}
