@@ -1,11 +1,31 @@
-"""Stage `pose` (Head-Sync Stabilizer): rigid head pose, flow keypoint tracks, bundle adjustment."""
+"""Stage `pose` (Head-Sync Stabilizer): rigid head pose, flow keypoint tracks, bundle adjustment.
+
+1. ``headpose.rigid``: subject rest shape from the rigid mesh points, focal-length search, per-frame
+   perspective pose (``c2w_raw``).
+2. ``headpose.tracks``: Shi-Tomasi + rigid-mesh keypoints on the upper face of the most typical frame,
+   tracked by forward-backward-checked LK flow re-anchored to that frame (``track_xy``, ``track_vis``).
+3. ``headpose.bundle``: points-only then joint bundle adjustment with a Huber loss and a light temporal
+   prior (``c2w``, ``points3d``).
+Conventions (world = head frame, OpenGL camera) are in ``headpose.convention``; ``pose.npz`` holds
+c2w [N,4,4] f32, c2w_raw [N,4,4] f32, intrinsics [4] f32 (fx, fy, cx, cy), track_xy [N,K,2] f32,
+track_vis [N,K] bool, points3d [K,3] f32.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from synctalk import subject as S
+from synctalk.errors import InputError, StageError
+from synctalk.log import get_logger
 from synctalk.prepare.context import StageContext
+
+log = get_logger("prepare.pose")
 
 
 @dataclass(frozen=True)
@@ -14,7 +34,129 @@ class PoseConfig:
     focal_max: float = 3000.0
     ba_iters_points: int = 200
     ba_iters_joint: int = 600
+    max_tracks: int = 160               # keypoints tracked (rigid mesh points + corners); K <= this
+    track_fb_threshold_px: float = 0.7  # forward-backward LK error above which a match is rejected
+    track_max_unanchored: int = 8       # frames a point may coast on frame-to-frame flow alone
+    ba_huber_px: float = 1.0            # Huber threshold of the reprojection loss
+    ba_smooth_weight: float = 1.0       # temporal prior weight (1 ~ one keypoint's worth per frame)
+    min_track_visibility: float = 0.2   # drop tracks visible in fewer than this fraction of frames
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    raise NotImplementedError("pose stage")
+    n = int(ctx.fact("n_frames"))
+    width, height = int(ctx.fact("width")), int(ctx.fact("height"))
+    cfg: PoseConfig = ctx.config.pose
+    result = estimate_pose(ctx.root, n, width, height, cfg)
+    from synctalk.io.atomic import save_npz
+
+    save_npz(ctx.path(S.POSE), **result.pop("arrays"))
+    return result
+
+
+def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseConfig) -> dict[str, Any]:
+    """Run the three steps on a subject directory; returns {"arrays": pose.npz content, facts...}."""
+    import cv2
+
+    from synctalk.io.video import iter_frames
+    from synctalk.prepare.headpose import bundle, rigid, tracks
+    from synctalk.prepare.headpose.convention import (CONVENTION_NAME, WORLD_UNITS, pose_jitter, project,
+                                                      w2c_to_c2w)
+    from synctalk.prepare.maskcodec import MaskReader
+
+    lm = _load_landmarks(root / S.LANDMARKS, n_frames)
+    cx, cy = width / 2.0, height / 2.0
+    t0 = time.perf_counter()
+    fit = rigid.fit_rigid(lm["lms"], lm["detected"], width, height, cfg.focal_min, cfg.focal_max)
+    t_rigid = time.perf_counter() - t0
+    c2w_raw = fit.c2w
+    intrinsics = np.array([fit.focal, fit.focal, cx, cy], np.float64)
+
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in iter_frames(root / S.FRAMES)])
+    if len(gray) != n_frames:
+        raise StageError(f"{S.FRAMES} has {len(gray)} frames but the decode stage reported {n_frames}")
+    with MaskReader(root / S.PARSING) as labels:
+        if len(labels) != n_frames:
+            raise StageError(f"{S.PARSING} has {len(labels)} frames, expected {n_frames}")
+        face_masks = _FaceMasks(labels)
+        ref = rigid.reference_frame(fit.rot, fit.valid, fit.residual_px)
+        seeds, n_mesh = tracks.pick_seeds(gray[ref], face_masks[ref], lm["lms"][ref], cfg.max_tracks)
+        if len(seeds) < 8:
+            raise StageError(f"only {len(seeds)} trackable keypoints on the face in frame {ref}; "
+                             "is the face too small or blurred?")
+        points0 = rigid.backproject_to_rest_surface(seeds.astype(np.float64), fit.rest_shape, fit.rot[ref],
+                                                    fit.trans[ref], fit.focal, cx, cy)
+        predicted = project(points0, c2w_raw, intrinsics)
+        t1 = time.perf_counter()
+        tr = tracks.track_keypoints(gray, face_masks, seeds, predicted, ref, n_mesh,
+                                    fb_threshold_px=cfg.track_fb_threshold_px,
+                                    max_unanchored=cfg.track_max_unanchored)
+        t_tracks = time.perf_counter() - t1
+    del gray
+    keep = tr.visible.mean(axis=0) >= cfg.min_track_visibility
+    xy, vis, points0 = tr.xy[:, keep], tr.visible[:, keep], points0[keep]
+    if keep.sum() < 8:
+        raise StageError(f"only {int(keep.sum())} keypoint tracks survived; head pose cannot be stabilised")
+
+    t2 = time.perf_counter()
+    ba = bundle.bundle_adjust(xy, vis, fit.rot, fit.trans, points0, fit.focal, cx, cy,
+                              cfg.ba_iters_points, cfg.ba_iters_joint, huber_px=cfg.ba_huber_px,
+                              smooth_weight=cfg.ba_smooth_weight)
+    t_ba = time.perf_counter() - t2
+    c2w = w2c_to_c2w(ba.rot, ba.trans)
+    jit_before, jit_after = pose_jitter(c2w_raw), pose_jitter(c2w)
+    med_before = float(np.median(ba.error_before[vis]))
+    med_after = float(np.median(ba.error_after[vis]))
+    log.info("pose: focal %.0f px, %d tracks, reprojection median %.2f -> %.2f px, jitter %.4f -> %.4f "
+             "(rigid %.1f s, tracks %.1f s, BA %.1f s)", fit.focal, len(points0), med_before, med_after,
+             jit_before["total"], jit_after["total"], t_rigid, t_tracks, t_ba)
+    arrays = {
+        "c2w": c2w.astype(np.float32),
+        "c2w_raw": c2w_raw.astype(np.float32),
+        "intrinsics": intrinsics.astype(np.float32),
+        "track_xy": xy.astype(np.float32),
+        "track_vis": vis,
+        "points3d": ba.points.astype(np.float32),
+    }
+    return {
+        "arrays": arrays,
+        "camera": {"focal": round(fit.focal, 3), "fx": round(fit.focal, 3), "fy": round(fit.focal, 3),
+                   "cx": cx, "cy": cy, "width": width, "height": height,
+                   "convention": CONVENTION_NAME, "world_units": WORLD_UNITS},
+        "pose": {
+            "reprojection_px_median_before": round(med_before, 4),
+            "reprojection_px_median_after": round(med_after, 4),
+            "jitter_before": round(jit_before["total"], 6),
+            "jitter_after": round(jit_after["total"], 6),
+            "jitter_rotation_before": round(jit_before["rotation"], 6),
+            "jitter_rotation_after": round(jit_after["rotation"], 6),
+            "jitter_translation_before": round(jit_before["translation"], 6),
+            "jitter_translation_after": round(jit_after["translation"], 6),
+            "landmark_reprojection_px_median": round(float(np.nanmedian(fit.residual_px)), 4),
+            "n_tracks": int(len(points0)),
+            "track_visible_fraction": round(float(vis.mean()), 4),
+            "reference_frame": int(ref),
+            "focal_search": [[f, c] for f, c in sorted(fit.focal_search)],
+            "seconds": {"rigid": round(t_rigid, 2), "tracks": round(t_tracks, 2), "bundle": round(t_ba, 2)},
+        },
+    }
+
+
+class _FaceMasks:
+    """face_masks[t] -> bool [H,W] where frame t's parsing label is FACE (decoded lazily per chunk)."""
+
+    def __init__(self, labels: Any):
+        self._labels = labels
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self._labels[t] == S.LABEL_FACE
+
+
+def _load_landmarks(path: Path, n_frames: int) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise StageError(f"{path.name} is missing; the landmarks stage must run before pose")
+    with np.load(path, allow_pickle=False) as z:
+        lms = np.asarray(z["lms"], np.float64)
+        detected = np.asarray(z["detected"], bool)
+    if lms.ndim != 3 or lms.shape[1] < 468 or lms.shape[2] != 3 or len(lms) != n_frames:
+        raise InputError(f"{path.name} has landmarks of shape {lms.shape}; expected [{n_frames},478,3]")
+    return {"lms": lms, "detected": detected}

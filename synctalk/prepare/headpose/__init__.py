@@ -1,0 +1,1 @@
+"""Head-Sync Stabilizer internals: conventions, rigid pose + focal search, flow tracks, bundle adjustment."""
