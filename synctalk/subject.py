@@ -20,9 +20,9 @@ from synctalk.errors import InputError
 MANIFEST = "subject.json"
 FRAMES = "frames.mp4"          # N frames, HxW, 25 fps, H.264, no audio
 AUDIO = "audio.wav"            # 16 kHz mono PCM16, same duration as the frames
-LANDMARKS = "landmarks.npz"    # lms [N,478,3] float32 pixels; detected [N] bool
+LANDMARKS = "landmarks.npz"    # [N,478,3] pixels, 1/32-px int16 time deltas (load_landmarks); detected [N]
 PARSING = "parsing.npz"        # label map per frame (LABEL_* ids), maskcodec format (synctalk.prepare.maskcodec)
-PORTRAIT = "portrait_mask.npz"  # soft face mask per frame (0..255) for portrait paste-back, maskcodec format
+PORTRAIT = "portrait_mask.npz"  # hard face region per frame (0/255), maskcodec; Subject.portrait_masks() feathers it
 SEGMENTATION = "segmentation.npz"  # selfie person mask per frame (0/255), maskcodec format
 TORSO_ALPHA = "torso_alpha.npz"  # torso alpha per frame (0/255): neck + torso + inpainted neck, maskcodec
 BACKGROUND = "background.png"  # clean plate, HxW RGB
@@ -50,6 +50,33 @@ EXPRESSION_NAMES = (
     "eye_blink_left",
     "eye_blink_right",
 )
+
+
+# Landmarks are stored as int16 differences between consecutive frames in 1/32-px steps: lossless
+# for the 1/32-px rounding (far below mediapipe's ~0.3 px frame-to-frame jitter) and half the size
+# of compressed float32, which matters for carrying a subject to the GPU machine.
+LANDMARK_STEPS_PER_PX = 32
+
+
+def encode_landmarks(lms: np.ndarray) -> np.ndarray:
+    """[N,P,3] float pixels -> int16 [N,P,3]: first frame, then frame-to-frame differences."""
+    q = np.round(np.asarray(lms, dtype=np.float64) * LANDMARK_STEPS_PER_PX).astype(np.int64)
+    delta = q.copy()
+    delta[1:] -= q[:-1]
+    if np.abs(delta).max(initial=0) > np.iinfo(np.int16).max:
+        raise ValueError("landmarks jump by more than 1000 px between frames; cannot store them")
+    return delta.astype(np.int16)
+
+
+def decode_landmarks(delta: np.ndarray) -> np.ndarray:
+    return (np.cumsum(delta.astype(np.int64), axis=0) / LANDMARK_STEPS_PER_PX).astype(np.float32)
+
+
+def load_landmarks(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(lms float32 [N,478,3] pixels, detected bool [N]) from a subject's landmarks.npz."""
+    with np.load(path, allow_pickle=False) as z:
+        lms = decode_landmarks(z["lms_delta"]) if "lms_delta" in z.files else z["lms"].astype(np.float32)
+        return lms, z["detected"].astype(bool)
 
 
 @dataclass(frozen=True)
@@ -130,5 +157,18 @@ class Subject:
     def expressions(self) -> np.ndarray:
         return self.load(EXPRESSIONS)["exp"]
 
+    def portrait_masks(self, start: int = 0, stop: int | None = None):
+        """Yield the soft portrait paste-back masks (uint8 0..255) of frames [start, stop)."""
+        from synctalk.prepare.maskcodec import MaskReader
+        from synctalk.prepare.parsing import feather_mask
+
+        feather = int(self.manifest["stages"]["parsing"]["settings"]["portrait_feather_px"])
+        with MaskReader(self.root / PORTRAIT) as masks:
+            for t in range(start, self.n_frames if stop is None else stop):
+                yield feather_mask(masks[t], feather)
+
     def landmarks(self) -> np.ndarray:
-        return self.load(LANDMARKS)["lms"]
+        path = self.root / LANDMARKS
+        if not path.is_file():
+            raise InputError(f"{path} is missing; re-run `synctalk prepare` on this subject")
+        return load_landmarks(path)[0]

@@ -72,7 +72,7 @@ def test_blink_channels_rise_on_closed_eyes(subject):
 def test_raw_measures_ignore_head_pose(subject):
     """Random head turns/zoom/shift per frame change naive 2D measures but not ours."""
     ctx, _ = subject
-    lms = np.load(ctx.path(S.LANDMARKS))["lms"].astype(np.float64)
+    lms = S.load_landmarks(ctx.path(S.LANDMARKS))[0].astype(np.float64)
     rng = np.random.default_rng(0)
     n = lms.shape[0]
     angles = np.deg2rad(rng.uniform([-20, -10, -15], [20, 10, 15], size=(n, 3)))
@@ -92,7 +92,7 @@ def test_raw_measures_ignore_head_pose(subject):
 
 def test_smoothing_and_mapping(subject):
     ctx, _ = subject
-    raw = E.raw_measures(np.load(ctx.path(S.LANDMARKS))["lms"])
+    raw = E.raw_measures(S.load_landmarks(ctx.path(S.LANDMARKS))[0])
     cfg = dataclasses.replace(PrepareConfig().expressions, smooth_window=0)
     assert np.array_equal(E.smooth(raw, 0), raw)
     smoothed = E.smooth(raw, 5)

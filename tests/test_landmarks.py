@@ -41,9 +41,8 @@ def run_landmarks(root: Path, frames: list[np.ndarray], cfg: PrepareConfig | Non
     ctx = StageContext(root=root, source=root / S.FRAMES, config=cfg or PrepareConfig(),
                        facts={"n_frames": len(frames), "width": w, "height": h, "fps": 25.0})
     facts = L.run(ctx)
-    with np.load(root / S.LANDMARKS, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return facts, arrays
+    lms, detected = S.load_landmarks(root / S.LANDMARKS)
+    return facts, {"lms": lms, "detected": detected}
 
 
 @pytest.fixture(scope="module")

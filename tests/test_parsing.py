@@ -46,7 +46,7 @@ def arrays(subject) -> dict[str, np.ndarray]:
     with MaskReader(root / S.PARSING) as lab, MaskReader(root / S.PORTRAIT) as por, \
             MaskReader(root / S.SEGMENTATION) as seg:
         return {"labels": lab.read_all(), "portrait": por.read_all(), "person": seg.read_all(),
-                "lms": np.load(root / S.LANDMARKS)["lms"]}
+                "lms": S.load_landmarks(root / S.LANDMARKS)[0]}
 
 
 def test_files_and_facts(subject, arrays):
@@ -84,7 +84,9 @@ def test_portrait_mask(arrays):
     cfg = PrepareConfig().parsing
     reach = cfg.chin_extension_px + cfg.portrait_feather_px  # how far past the oval the mask may spread
     for t in (0, N_CLIP - 1):
-        mask, lms = arrays["portrait"][t], arrays["lms"][t]
+        stored, lms = arrays["portrait"][t], arrays["lms"][t]
+        assert set(np.unique(stored)) == {0, 255}, "the subject stores the hard region"
+        mask = P.feather_mask(stored, cfg.portrait_feather_px)
         face = P.face_mask(lms, 512, 512)
         grown = cv2.dilate(face, np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
         assert mask[grown == 0].max() == 0

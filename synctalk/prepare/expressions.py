@@ -37,7 +37,7 @@ import numpy as np
 
 from synctalk import subject as S
 from synctalk.errors import StageError
-from synctalk.io.atomic import load_npz, save_npz
+from synctalk.io.atomic import save_npz
 from synctalk.log import get_logger
 from synctalk.prepare import mesh_topology as M
 from synctalk.prepare.context import StageContext
@@ -155,7 +155,7 @@ def normalise(raw: np.ndarray, neutral: np.ndarray, span: np.ndarray) -> np.ndar
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: ExpressionConfig = ctx.config.expressions
     n = int(ctx.fact("n_frames"))
-    lms = load_npz(ctx.path(S.LANDMARKS))["lms"]
+    lms = S.load_landmarks(ctx.path(S.LANDMARKS))[0]
     if lms.shape != (n, M.N_POINTS, 3):
         raise StageError(f"{S.LANDMARKS} holds {lms.shape}, expected ({n}, {M.N_POINTS}, 3); re-run with --force")
     raw = raw_measures(lms)

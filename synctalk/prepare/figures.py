@@ -32,7 +32,7 @@ THUMB = 320
 def run(ctx: StageContext) -> dict[str, Any]:
     n = int(ctx.fact("n_frames"))
     picks = np.linspace(0, n - 1, SHEET_FRAMES).round().astype(int)
-    lms = np.load(ctx.path(S.LANDMARKS), allow_pickle=False)["lms"]
+    lms = S.load_landmarks(ctx.path(S.LANDMARKS))[0]
     with np.load(ctx.path(S.POSE), allow_pickle=False) as z:
         pose = {k: z[k] for k in z.files}
     tiles = []

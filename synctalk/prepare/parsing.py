@@ -30,7 +30,6 @@ import numpy as np
 
 from synctalk import subject as S
 from synctalk.errors import StageError
-from synctalk.io.atomic import load_npz
 from synctalk.io.video import iter_frames
 from synctalk.log import get_logger, progress
 from synctalk.prepare import mesh_topology as M
@@ -38,12 +37,6 @@ from synctalk.prepare.context import StageContext
 from synctalk.prepare.maskcodec import MaskReader, MaskWriter
 
 log = get_logger("prepare.parsing")
-
-# The stored portrait mask keeps 16 of the 256 levels (error <= 8/255). Its feathered edge rises over
-# ~7 px in steps of 20-60 levels per pixel, so a 17-level quantum cannot show as banding; the moving soft
-# edge dominates the file, and 16 levels halve it (71-s anchor: 4.96 -> 2.27 KB per frame).
-PORTRAIT_LEVELS = 16
-
 
 @dataclass(frozen=True)
 class ParsingConfig:
@@ -178,13 +171,11 @@ def _touching(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     return out
 
 
-def portrait_mask(lms_xy: np.ndarray, height: int, width: int, chin_extension_px: int = 5,
-                  feather_px: int = 9) -> np.ndarray:
-    """Soft face-only paste-back mask, uint8 [H,W] 0..255.
+def portrait_region(lms_xy: np.ndarray, height: int, width: int, chin_extension_px: int = 5) -> np.ndarray:
+    """Hard face-only paste-back region, uint8 [H,W] 0/255: what `portrait_mask.npz` stores.
 
     As the original: the face oval, its lower contour pushed ``chin_extension_px`` down over the middle
-    half of the face width (so the blend seam sits below the chin, not on it), then a Gaussian blur
-    with a ``feather_px`` square kernel (sigma chosen by OpenCV from the size, 1.7 px for 9).
+    half of the face width, so the blend seam sits below the chin, not on it.
     """
     mask = face_mask(lms_xy, height, width)
     ext = int(chin_extension_px)
@@ -197,11 +188,21 @@ def portrait_mask(lms_xy: np.ndarray, height: int, width: int, chin_extension_px
             shifted = np.zeros_like(mask[:, x0:x1])
             shifted[ext:] = mask[:-ext, x0:x1]
             mask[:, x0:x1] |= shifted
+    return mask
+
+
+def feather_mask(mask: np.ndarray, feather_px: int = 9) -> np.ndarray:
+    """Gaussian feather with a ``feather_px`` square kernel (sigma from OpenCV: 1.7 px for 9), 0..255.
+
+    The subject stores the hard region (a third of the bytes of a soft mask, whose moving edge
+    compresses badly); readers feather it with the stage's ``portrait_feather_px`` setting."""
+    mask = mask.copy()
     k = int(feather_px)
     if k > 0:
         k += 1 - k % 2  # OpenCV needs an odd kernel
         ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
         if len(ys):
+            height, width = mask.shape
             # Blur only the face's box plus a kernel of zeros around it: same result, ~5x cheaper.
             y0, y1 = max(ys[0] - k, 0), min(ys[-1] + k + 1, height)
             x0, x1 = max(xs[0] - k, 0), min(xs[-1] + k + 1, width)
@@ -209,21 +210,17 @@ def portrait_mask(lms_xy: np.ndarray, height: int, width: int, chin_extension_px
     return mask
 
 
-def _quantise_table(levels: int) -> np.ndarray:
-    step = 255.0 / (levels - 1)
-    return (np.round(np.arange(256) / step) * step + 0.5).astype(np.uint8)
-
-
-def quantise_soft_mask(mask: np.ndarray, levels: int = PORTRAIT_LEVELS) -> np.ndarray:
-    """Round a 0..255 mask to ``levels`` evenly spaced values (0 and 255 stay exact)."""
-    return cv2.LUT(mask, _quantise_table(levels))
+def portrait_mask(lms_xy: np.ndarray, height: int, width: int, chin_extension_px: int = 5,
+                  feather_px: int = 9) -> np.ndarray:
+    """Soft face-only paste-back mask, uint8 [H,W] 0..255 (region + feather)."""
+    return feather_mask(portrait_region(lms_xy, height, width, chin_extension_px), feather_px)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: ParsingConfig = ctx.config.parsing
     n = int(ctx.fact("n_frames"))
     width, height = int(ctx.fact("width")), int(ctx.fact("height"))
-    lms = load_npz(ctx.path(S.LANDMARKS))["lms"]
+    lms = S.load_landmarks(ctx.path(S.LANDMARKS))[0]
     if lms.shape[0] != n:
         raise StageError(f"{S.LANDMARKS} has {lms.shape[0]} frames, expected {n}; re-run with --force")
     label_counts = np.zeros(len(S.LABEL_NAMES), dtype=np.int64)
@@ -244,8 +241,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             labels = labels_for_frame(lms[t], person, cfg.neck_width_factor, cfg.neck_length_factor,
                                       rgb, cfg.neck_skin_tolerance)
             labels_out.add(labels)
-            soft = portrait_mask(lms[t], height, width, cfg.chin_extension_px, cfg.portrait_feather_px)
-            portrait_out.add(quantise_soft_mask(soft))
+            portrait_out.add(portrait_region(lms[t], height, width, cfg.chin_extension_px))
             # statistics on every 2nd row and column: 4x cheaper, fractions still exact to ~1e-3
             sub_labels, sub_person = labels[::2, ::2], person[::2, ::2]
             label_counts += np.bincount(sub_labels.ravel(), minlength=len(label_counts))[: len(label_counts)]

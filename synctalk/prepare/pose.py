@@ -154,9 +154,8 @@ class _FaceMasks:
 def _load_landmarks(path: Path, n_frames: int) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise StageError(f"{path.name} is missing; the landmarks stage must run before pose")
-    with np.load(path, allow_pickle=False) as z:
-        lms = np.asarray(z["lms"], np.float64)
-        detected = np.asarray(z["detected"], bool)
+    lms32, detected = S.load_landmarks(path)
+    lms = lms32.astype(np.float64)
     if lms.ndim != 3 or lms.shape[1] < 468 or lms.shape[2] != 3 or len(lms) != n_frames:
         raise InputError(f"{path.name} has landmarks of shape {lms.shape}; expected [{n_frames},478,3]")
     return {"lms": lms, "detected": detected}
