@@ -141,3 +141,35 @@ def test_cli_help_lists_reserved_commands(capsys):
     text = capsys.readouterr().out
     for name in ("prepare", "train", "render", "evaluate"):
         assert name in text
+
+
+def test_independent_stages_run_concurrently(monkeypatch, tmp_path):
+    """b and c both depend only on a: with 2 jobs they overlap (b waits for c to start)."""
+    import threading
+
+    c_started = threading.Event()
+    overlapped: list[bool] = []
+
+    def run_a(ctx):
+        write_text(ctx.path("a.txt"), "a")
+        return {"n_frames": 11, "fps": 25.0, "width": 8, "height": 8}
+
+    def run_b(ctx):
+        overlapped.append(c_started.wait(timeout=10))
+        write_text(ctx.path("b.txt"), "b")
+        return {}
+
+    def run_c(ctx):
+        c_started.set()
+        write_text(ctx.path("c.txt"), "c")
+        return {}
+
+    stages = [Stage("a", 1, ("a.txt",), (), lambda c: None, run_a),
+              Stage("b", 1, ("b.txt",), ("a",), lambda c: None, run_b),
+              Stage("c", 1, ("c.txt",), ("a",), lambda c: None, run_c)]
+    monkeypatch.setattr(pipeline, "_stages", lambda: stages)
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"x")
+    m = pipeline.prepare(src, tmp_path / "s", jobs=2)
+    assert overlapped == [True]
+    assert set(m["stages"]) == {"a", "b", "c"}

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +112,10 @@ def _record_valid(root: Path, rec: dict | None, key: str) -> bool:
 
 
 def prepare(source: str | Path, root: str | Path, cfg: PrepareConfig | None = None,
-            force: bool = False, only: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Prepare ``source`` into subject directory ``root``; returns the manifest (subject.json)."""
+            force: bool = False, only: tuple[str, ...] | None = None, jobs: int | None = None) -> dict[str, Any]:
+    """Prepare ``source`` into subject directory ``root``; returns the manifest (subject.json).
+
+    ``jobs`` bounds how many independent stages run at once (default: the number of cores, max 4)."""
     cfg = cfg or PrepareConfig()
     source = Path(source).expanduser().resolve()
     root = Path(root).expanduser().resolve()
@@ -122,33 +126,66 @@ def prepare(source: str | Path, root: str | Path, cfg: PrepareConfig | None = No
     st = source.stat()
     source_key = {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
-    ctx = StageContext(root=root, source=source, config=cfg)
     stages = _stages()
     # With --only, stages after the last requested one are left alone; earlier unrequested stages
     # must already be valid (their outputs are inputs of the requested ones).
     last = max(i for i, st in enumerate(stages) if only is None or st.name in only)
+    todo = stages[: last + 1]
     records: dict[str, dict] = {}
-    for stage in stages[: last + 1]:
-        key = _expected_key(stage, cfg, source_key, records)
-        rec = _load_record(root, stage.name)
-        wanted = only is None or stage.name in only
-        valid = _record_valid(root, rec, key)
-        if valid and (not force or not wanted):
-            log.info("%-12s up to date, skipped", stage.name)
-        elif not wanted:
-            raise StageError(f"stage {stage.name!r} has no valid output yet; run it before {', '.join(only or ())}")
-        else:
-            rec = _run_stage(stage, ctx, cfg, key)
-        assert rec is not None
-        records[stage.name] = rec
-        ctx.facts.update(rec.get("facts", {}))
+    # Stages whose inputs are ready run concurrently (parsing ∥ expressions, background ∥ pose):
+    # their heavy parts are OpenCV / numpy / torch / x264 calls that release the GIL, so threads use
+    # both cores without the start-up cost of processes.
+    workers = max(1, min(jobs or os.cpu_count() or 1, 4))
+    running: dict[Future, Stage] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stage") as pool:
+        try:
+            while len(records) < len(todo):
+                for stage in todo:
+                    if stage.name in records or stage in running.values():
+                        continue
+                    if not all(d in records for d in stage.depends):
+                        continue
+                    key = _expected_key(stage, cfg, source_key, records)
+                    rec = _load_record(root, stage.name)
+                    wanted = only is None or stage.name in only
+                    if _record_valid(root, rec, key) and (not force or not wanted):
+                        log.info("%-12s up to date, skipped", stage.name)
+                        records[stage.name] = rec
+                    elif not wanted:
+                        raise StageError(f"stage {stage.name!r} has no valid output yet; "
+                                         f"run it before {', '.join(only or ())}")
+                    else:
+                        ctx = StageContext(root=root, source=source, config=cfg, facts=_facts(records, stages))
+                        running[pool.submit(_run_stage, stage, ctx, cfg, key)] = stage
+                if len(records) == len(todo):
+                    break
+                if not running:
+                    raise StageError("prepare stages have a dependency cycle")  # a bug in _stages()
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    stage = running.pop(fut)
+                    records[stage.name] = fut.result()  # re-raises the stage's error
+        except BaseException:
+            for fut in running:  # let running stages finish their atomic writes, then report
+                fut.cancel()
+            raise
 
-    if len(records) < len(stages):
+    ctx = StageContext(root=root, source=source, config=cfg, facts=_facts(records, stages))
+    if len(todo) < len(stages):
         log.info("stopped after %s (--only); subject.json is written once every stage is done", stages[last].name)
         return {}
-    manifest = build_manifest(ctx, records)
+    manifest = build_manifest(ctx, {st.name: records[st.name] for st in stages})
     write_json(root / S.MANIFEST, manifest)
     return manifest
+
+
+def _facts(records: dict[str, dict], stages: list[Stage]) -> dict[str, Any]:
+    """Facts published by the finished stages, merged in pipeline order."""
+    facts: dict[str, Any] = {}
+    for st in stages:
+        if st.name in records:
+            facts.update(records[st.name].get("facts", {}))
+    return facts
 
 
 def _run_stage(stage: Stage, ctx: StageContext, cfg: PrepareConfig, key: str) -> dict[str, Any]:
