@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="override one setting, e.g. --set decode.size=448 (repeatable)")
     p.add_argument("--force", action="store_true", help="redo every stage even if its outputs are valid")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="stages to run at once when their inputs are ready (default: number of cores)")
     p.add_argument("--only", nargs="+", metavar="STAGE",
                    help="run only these stages (earlier ones must already be done)")
 
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         unknown = [s for s in args.only if s not in STAGE_NAMES]
         if unknown:
             raise SyncTalkError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
-    m = prepare(args.video, args.output, cfg, force=args.force, only=tuple(args.only) if args.only else None)
+    m = prepare(args.video, args.output, cfg, force=args.force, only=tuple(args.only) if args.only else None, jobs=args.jobs)
     log = get_logger("prepare")
     if not m:  # --only stopped before the last stage
         return 0
