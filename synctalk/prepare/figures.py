@@ -115,13 +115,14 @@ def plot_pose_track(pose: dict[str, np.ndarray], path, fps: float) -> None:
 
     t = np.arange(len(pose["c2w"])) / fps
     fig, axes = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    for key, style, name in (("c2w_raw", dict(alpha=0.5, lw=0.8), "per-frame fit"),
-                             ("c2w", dict(lw=1.2), "bundle-adjusted")):
+    colours = ("tab:red", "tab:green", "tab:blue")  # one colour per axis; thin = before, thick = after
+    for key, style, name in (("c2w_raw", dict(alpha=0.45, lw=0.7), "per-frame fit"),
+                             ("c2w", dict(lw=1.4), "bundle-adjusted")):
         c2w = pose[key].astype(np.float64)
         eul = rotation_to_euler_deg(c2w[:, :3, :3])
         for k, axis in enumerate("xyz"):
-            axes[0].plot(t, eul[:, k], label=f"rot {axis} ({name})", **style)
-            axes[1].plot(t, c2w[:, k, 3], label=f"cam {axis} ({name})", **style)
+            axes[0].plot(t, eul[:, k], color=colours[k], label=f"rot {axis} ({name})", **style)
+            axes[1].plot(t, c2w[:, k, 3], color=colours[k], label=f"cam {axis} ({name})", **style)
     axes[0].set_ylabel("camera rotation (deg)")
     axes[1].set_ylabel("camera position (world units)")
     axes[1].set_xlabel("time (s)")
