@@ -124,7 +124,7 @@ def test_missing_input_is_one_line_error(tmp_path):
 def test_overrides_and_presets():
     cfg = apply_overrides(preset("default"), ["decode.crf=20", "pose.ba_iters_joint=5"])
     assert cfg.decode.crf == 20 and cfg.pose.ba_iters_joint == 5
-    assert preset("fast").pose.ba_iters_joint < preset("default").pose.ba_iters_joint
+    assert preset("fast").pose.max_tracks < preset("default").pose.max_tracks
     with pytest.raises(SyncTalkError, match="unknown setting"):
         apply_overrides(cfg, ["decode.nope=1"])
     with pytest.raises(SyncTalkError, match="bad value"):

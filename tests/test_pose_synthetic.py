@@ -117,3 +117,14 @@ def test_bundle_adjustment_beats_per_frame_fit():
     assert err_ba.mean() < 0.5 * err_pf.mean(), (err_ba.mean(), err_pf.mean())
     assert np.median(result.error_after[vis & ~outliers]) < 0.8
     assert pose_jitter(w2c_to_c2w(result.rot, result.trans))["total"] < pose_jitter(w2c_to_c2w(r_pf, t_pf))["total"]
+
+
+def test_left_jacobian_matches_finite_differences():
+    # BA updates rotation vectors additively; its Jacobian relies on R(r + d) ~ exp([J_l(r) d]x) R(r)
+    rng = np.random.default_rng(2)
+    for r in (np.array([0.3, -0.5, 0.2]), np.array([1e-7, 0.0, -2e-7]), rng.normal(size=3)):
+        d = 1e-6 * rng.normal(size=3)
+        exact = rotvec_to_matrix(r + d) @ rotvec_to_matrix(r).T
+        predicted = rotvec_to_matrix(bundle.left_jacobian(r) @ d)
+        np.testing.assert_allclose(exact, predicted, atol=1e-11)
+        assert np.abs(exact - np.eye(3)).max() > 1e-8  # the step is not lost in rounding

@@ -48,13 +48,13 @@ def _stages() -> list[Stage]:
 
     return [
         Stage("decode", 1, (S.FRAMES, S.AUDIO), (), lambda c: c.decode, decode.run),
-        Stage("landmarks", 1, (S.LANDMARKS, S.SEGMENTATION), ("decode",),
+        Stage("landmarks", 2, (S.LANDMARKS, S.SEGMENTATION), ("decode",),
               lambda c: c.landmarks, landmarks.run),
-        Stage("parsing", 1, (S.PARSING, S.PORTRAIT), ("decode", "landmarks"), lambda c: c.parsing, parsing.run),
+        Stage("parsing", 2, (S.PARSING, S.PORTRAIT), ("decode", "landmarks"), lambda c: c.parsing, parsing.run),
         Stage("expressions", 1, (S.EXPRESSIONS,), ("landmarks",), lambda c: c.expressions, expressions.run),
         Stage("background", 1, (S.BACKGROUND, S.TORSO, S.TORSO_ALPHA), ("decode", "parsing"),
               lambda c: c.background, background.run),
-        Stage("pose", 1, (S.POSE,), ("decode", "landmarks", "parsing"), lambda c: c.pose, pose.run),
+        Stage("pose", 2, (S.POSE,), ("decode", "landmarks", "parsing"), lambda c: c.pose, pose.run),
         Stage("figures", 1, (f"{S.FIGURES}/contact_sheet.png", f"{S.FIGURES}/pose_track.png"),
               ("decode", "landmarks", "parsing", "pose"), lambda c: None, figures.run),
     ]

@@ -3,9 +3,10 @@
 1. ``headpose.rigid``: subject rest shape from the rigid mesh points, focal-length search, per-frame
    perspective pose (``c2w_raw``).
 2. ``headpose.tracks``: Shi-Tomasi + rigid-mesh keypoints on the upper face of the most typical frame,
-   tracked by forward-backward-checked LK flow re-anchored to that frame (``track_xy``, ``track_vis``).
+   tracked by forward-backward-checked LK flow re-anchored to that frame (``track_xy``, ``track_vis``),
+   on grey frames decoded once and cropped to the face's box over the whole video.
 3. ``headpose.bundle``: points-only then joint bundle adjustment with a Huber loss and a light temporal
-   prior (``c2w``, ``points3d``).
+   prior, by Levenberg-Marquardt with the poses eliminated (Schur complement) (``c2w``, ``points3d``).
 Conventions (world = head frame, OpenGL camera) are in ``headpose.convention``; ``pose.npz`` holds
 c2w [N,4,4] f32, c2w_raw [N,4,4] f32, intrinsics [4] f32 (fx, fy, cx, cy), track_xy [N,K,2] f32,
 track_vis [N,K] bool, points3d [K,3] f32.
@@ -32,9 +33,11 @@ log = get_logger("prepare.pose")
 class PoseConfig:
     focal_min: float = 300.0
     focal_max: float = 3000.0
-    ba_iters_points: int = 200
-    ba_iters_joint: int = 600
-    max_tracks: int = 160               # keypoints tracked (rigid mesh points + corners); K <= this
+    ba_iters_points: int = 200          # caps on the LM iterations of BA stage 1 and 2 (both stop at
+    ba_iters_joint: int = 600           # convergence, ~15-30 iterations)
+    # keypoints tracked (rigid mesh points + corners); K <= this. ~100 well-spread points pin 6 DoF per
+    # frame amply, and BA and LK costs grow with K (K^2 for the BA's Schur complement)
+    max_tracks: int = 100
     track_fb_threshold_px: float = 0.7  # forward-backward LK error above which a match is rejected
     track_max_unanchored: int = 8       # frames a point may coast on frame-to-frame flow alone
     ba_huber_px: float = 1.0            # Huber threshold of the reprojection loss
@@ -55,9 +58,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseConfig) -> dict[str, Any]:
     """Run the three steps on a subject directory; returns {"arrays": pose.npz content, facts...}."""
-    import cv2
-
-    from synctalk.io.video import iter_frames
     from synctalk.prepare.headpose import bundle, rigid, tracks
     from synctalk.prepare.headpose.convention import (CONVENTION_NAME, WORLD_UNITS, pose_jitter, project,
                                                       w2c_to_c2w)
@@ -65,13 +65,16 @@ def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseC
 
     lm = _load_landmarks(root / S.LANDMARKS, n_frames)
     cx, cy = width / 2.0, height / 2.0
-    t0 = time.perf_counter()
+    clock = _StepClock()
     fit = rigid.fit_rigid(lm["lms"], lm["detected"], width, height, cfg.focal_min, cfg.focal_max)
-    t_rigid = time.perf_counter() - t0
+    clock.lap("rigid")
     c2w_raw = fit.c2w
     intrinsics = np.array([fit.focal, fit.focal, cx, cy], np.float64)
 
-    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in iter_frames(root / S.FRAMES)])
+    # grey frames are read once, cropped to the box that holds the face in every frame
+    box = tracks.face_box(lm["lms"], fit.valid, height, width)
+    origin = np.array(box[:2], np.float64)
+    gray = tracks.read_gray_crops(root / S.FRAMES, box)
     if len(gray) != n_frames:
         raise StageError(f"{S.FRAMES} has {len(gray)} frames but the decode stage reported {n_frames}")
     with MaskReader(root / S.PARSING) as labels:
@@ -79,36 +82,38 @@ def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseC
             raise StageError(f"{S.PARSING} has {len(labels)} frames, expected {n_frames}")
         face_masks = _FaceMasks(labels)
         ref = rigid.reference_frame(fit.rot, fit.valid, fit.residual_px)
-        seeds, n_mesh = tracks.pick_seeds(gray[ref], face_masks[ref], lm["lms"][ref], cfg.max_tracks)
+        x0, y0, x1, y1 = box
+        lms_ref = lm["lms"][ref].copy()
+        lms_ref[:, :2] -= origin
+        seeds, n_mesh = tracks.pick_seeds(gray[ref], face_masks[ref][y0:y1, x0:x1], lms_ref, cfg.max_tracks)
+        seeds = seeds + origin.astype(np.float32)
         if len(seeds) < 8:
             raise StageError(f"only {len(seeds)} trackable keypoints on the face in frame {ref}; "
                              "is the face too small or blurred?")
         points0 = rigid.backproject_to_rest_surface(seeds.astype(np.float64), fit.rest_shape, fit.rot[ref],
                                                     fit.trans[ref], fit.focal, cx, cy)
         predicted = project(points0, c2w_raw, intrinsics)
-        t1 = time.perf_counter()
         tr = tracks.track_keypoints(gray, face_masks, seeds, predicted, ref, n_mesh,
                                     fb_threshold_px=cfg.track_fb_threshold_px,
-                                    max_unanchored=cfg.track_max_unanchored)
-        t_tracks = time.perf_counter() - t1
+                                    max_unanchored=cfg.track_max_unanchored, origin=box[:2])
+    clock.lap("tracks")  # including the grey decode and seed picking
     del gray
     keep = tr.visible.mean(axis=0) >= cfg.min_track_visibility
     xy, vis, points0 = tr.xy[:, keep], tr.visible[:, keep], points0[keep]
     if keep.sum() < 8:
         raise StageError(f"only {int(keep.sum())} keypoint tracks survived; head pose cannot be stabilised")
 
-    t2 = time.perf_counter()
     ba = bundle.bundle_adjust(xy, vis, fit.rot, fit.trans, points0, fit.focal, cx, cy,
                               cfg.ba_iters_points, cfg.ba_iters_joint, huber_px=cfg.ba_huber_px,
                               smooth_weight=cfg.ba_smooth_weight)
-    t_ba = time.perf_counter() - t2
+    clock.lap("bundle")
     c2w = w2c_to_c2w(ba.rot, ba.trans)
     jit_before, jit_after = pose_jitter(c2w_raw), pose_jitter(c2w)
     med_before = float(np.median(ba.error_before[vis]))
     med_after = float(np.median(ba.error_after[vis]))
     log.info("pose: focal %.0f px, %d tracks, reprojection median %.2f -> %.2f px, jitter %.4f -> %.4f "
              "(rigid %.1f s, tracks %.1f s, BA %.1f s)", fit.focal, len(points0), med_before, med_after,
-             jit_before["total"], jit_after["total"], t_rigid, t_tracks, t_ba)
+             jit_before["total"], jit_after["total"], clock.wall["rigid"], clock.wall["tracks"], clock.wall["bundle"])
     arrays = {
         "c2w": c2w.astype(np.float32),
         "c2w_raw": c2w_raw.astype(np.float32),
@@ -136,9 +141,28 @@ def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseC
             "track_visible_fraction": round(float(vis.mean()), 4),
             "reference_frame": int(ref),
             "focal_search": [[f, c] for f, c in sorted(fit.focal_search)],
-            "seconds": {"rigid": round(t_rigid, 2), "tracks": round(t_tracks, 2), "bundle": round(t_ba, 2)},
+            "seconds": {k: round(v, 2) for k, v in clock.wall.items()},
+            # CPU of the whole process: inside `synctalk prepare` this includes stages running
+            # concurrently (background runs beside pose), so it is exact only for a standalone run
+            "process_cpu_seconds": {k: round(v, 2) for k, v in clock.cpu.items()},
+            "bundle_iterations": list(ba.iterations),
         },
     }
+
+
+class _StepClock:
+    """Wall and CPU (all threads of this process) seconds of consecutive steps: the machine is shared,
+    so wall time alone says little about the stage's own cost."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.wall[name], self.cpu[name] = wall - self._wall0, cpu - self._cpu0
+        self._wall0, self._cpu0 = wall, cpu
 
 
 class _FaceMasks:

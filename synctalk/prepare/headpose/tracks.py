@@ -80,6 +80,48 @@ def pick_seeds(gray: np.ndarray, face: np.ndarray, lms: np.ndarray, max_tracks: 
     return np.concatenate([mesh, corners]), len(mesh)
 
 
+def face_box(lms: np.ndarray, valid: np.ndarray, height: int, width: int, margin: int = 48
+             ) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the box holding every valid frame's face mesh, plus ``margin`` pixels.
+
+    Tracking reads only this box: keypoints lie on the face, and LK needs a window plus a pyramid
+    border around them."""
+    pts = lms[valid][:, :468, :2].reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return 0, 0, width, height
+    x0, y0 = np.floor(pts.min(axis=0)).astype(int) - margin
+    x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + margin + 1
+    return max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
+
+
+def read_gray_crops(path, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Grey frames [N, y1-y0, x1-x0] uint8 of a video, cropped to ``box``.
+
+    With PyAV the luma plane of the decoded YUV frame is used as is: no RGB conversion, no full-frame
+    copy (RGB decode + cvtColor of every 512x512 frame took 2.5x longer). Luma is limited-range, which
+    LK and the corner detector (relative quality threshold) do not care about."""
+    x0, y0, x1, y1 = box
+    try:
+        import av
+    except ImportError:  # the GPU machine has no PyAV
+        from synctalk.io.video import iter_frames
+
+        return np.stack([cv2.cvtColor(f[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY) for f in iter_frames(path)])
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "gray"):
+                plane = frame.planes[0]
+                luma = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+                out.append(luma[y0:y1, x0:x1].copy())
+            else:
+                out.append(frame.to_ndarray(format="gray")[y0:y1, x0:x1].copy())
+    return np.stack(out) if out else np.zeros((0, y1 - y0, x1 - x0), np.uint8)
+
+
 def _lk(prev_img: np.ndarray, next_img: np.ndarray, pts: np.ndarray, guess: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """LK from prev to next starting at ``guess``, with a forward-backward check; returns (pts, fb error)."""
     pts = np.ascontiguousarray(pts, np.float32)
@@ -103,19 +145,23 @@ def _crop_box(points: np.ndarray, h: int, w: int, margin: int) -> tuple[int, int
 
 def track_keypoints(gray_frames: np.ndarray, face_masks, seeds: np.ndarray, predicted: np.ndarray,
                     reference: int, seeds_mesh: int = 0, fb_threshold_px: float = 0.7,
-                    max_unanchored: int = 8) -> Tracks:
+                    max_unanchored: int = 8, origin: tuple[int, int] = (0, 0)) -> Tracks:
     """Track ``seeds`` [K,2] (picked in frame ``reference``) through ``gray_frames`` [N,H,W] uint8.
 
     ``face_masks[t]`` is frame t's face region (nonzero = face). ``predicted`` [N,K,2] is where the
     rigid per-frame pose puts each seed: it guides the search (its frame-to-frame motion) and
-    re-acquires lost points (its position plus the point's last known offset from it)."""
+    re-acquires lost points (its position plus the point's last known offset from it).
+    ``gray_frames`` may be a crop whose top-left corner is pixel ``origin`` (x, y) of the frames;
+    seeds, predictions, face masks and the returned tracks are in full-frame pixels."""
     n, h, w = gray_frames.shape
     k = len(seeds)
     xy = np.zeros((n, k, 2), np.float32)
     vis = np.zeros((n, k), bool)
-    seeds = seeds.astype(np.float32)
-    predicted = predicted.astype(np.float32)
-    xy[reference], vis[reference] = seeds, True
+    shift = np.asarray(origin, np.float32)
+    ox, oy = int(origin[0]), int(origin[1])
+    seeds = seeds.astype(np.float32) - shift
+    predicted = predicted.astype(np.float32) - shift
+    xy[reference], vis[reference] = seeds + shift, True
     ref_img = gray_frames[reference]
     order = [range(reference + 1, n), range(reference - 1, -1, -1)]
     steps = progress((t for part in order for t in part), desc="pose: keypoint tracks", total=n - 1, unit="frame")
@@ -153,10 +199,10 @@ def track_keypoints(gray_frames: np.ndarray, face_masks, seeds: np.ndarray, pred
         pos = np.where(ok_anchor[:, None], anchored, np.where(coast[:, None], ff, guess)).astype(np.float32)
         inside = (pos[:, 0] >= 0) & (pos[:, 0] <= w - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= h - 1)
         face = np.asarray(face_masks[t]) > 0
-        iy = np.clip(np.round(pos[:, 1]).astype(int), 0, h - 1)
-        ix = np.clip(np.round(pos[:, 0]).astype(int), 0, w - 1)
+        iy = np.clip(np.round(pos[:, 1]).astype(int), 0, h - 1) + oy
+        ix = np.clip(np.round(pos[:, 0]).astype(int), 0, w - 1) + ox
         visible = (ok_anchor | coast) & inside & face[iy, ix]
-        xy[t], vis[t] = pos, visible
+        xy[t], vis[t] = pos + shift, visible
         offset = np.where(visible[:, None], pos - predicted[t], offset).astype(np.float32)
         state[t] = (pos, offset, unanchored, img)
     log.info("tracked %d keypoints (%d mesh, %d corners) from reference frame %d; %.1f%% visible",
