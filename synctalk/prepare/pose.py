@@ -61,7 +61,6 @@ def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseC
     from synctalk.prepare.headpose import bundle, rigid, tracks
     from synctalk.prepare.headpose.convention import (CONVENTION_NAME, WORLD_UNITS, pose_jitter, project,
                                                       w2c_to_c2w)
-    from synctalk.prepare.maskcodec import MaskReader
 
     lm = _load_landmarks(root / S.LANDMARKS, n_frames)
     cx, cy = width / 2.0, height / 2.0
@@ -77,25 +76,22 @@ def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseC
     gray = tracks.read_gray_crops(root / S.FRAMES, box)
     if len(gray) != n_frames:
         raise StageError(f"{S.FRAMES} has {len(gray)} frames but the decode stage reported {n_frames}")
-    with MaskReader(root / S.PARSING) as labels:
-        if len(labels) != n_frames:
-            raise StageError(f"{S.PARSING} has {len(labels)} frames, expected {n_frames}")
-        face_masks = _FaceMasks(labels)
-        ref = rigid.reference_frame(fit.rot, fit.valid, fit.residual_px)
-        x0, y0, x1, y1 = box
-        lms_ref = lm["lms"][ref].copy()
-        lms_ref[:, :2] -= origin
-        seeds, n_mesh = tracks.pick_seeds(gray[ref], face_masks[ref][y0:y1, x0:x1], lms_ref, cfg.max_tracks)
-        seeds = seeds + origin.astype(np.float32)
-        if len(seeds) < 8:
-            raise StageError(f"only {len(seeds)} trackable keypoints on the face in frame {ref}; "
-                             "is the face too small or blurred?")
-        points0 = rigid.backproject_to_rest_surface(seeds.astype(np.float64), fit.rest_shape, fit.rot[ref],
-                                                    fit.trans[ref], fit.focal, cx, cy)
-        predicted = project(points0, c2w_raw, intrinsics)
-        tr = tracks.track_keypoints(gray, face_masks, seeds, predicted, ref, n_mesh,
-                                    fb_threshold_px=cfg.track_fb_threshold_px,
-                                    max_unanchored=cfg.track_max_unanchored, origin=box[:2])
+    face_masks = _FaceMasks(lm["lms"], height, width)
+    ref = rigid.reference_frame(fit.rot, fit.valid, fit.residual_px)
+    x0, y0, x1, y1 = box
+    lms_ref = lm["lms"][ref].copy()
+    lms_ref[:, :2] -= origin
+    seeds, n_mesh = tracks.pick_seeds(gray[ref], face_masks[ref][y0:y1, x0:x1], lms_ref, cfg.max_tracks)
+    seeds = seeds + origin.astype(np.float32)
+    if len(seeds) < 8:
+        raise StageError(f"only {len(seeds)} trackable keypoints on the face in frame {ref}; "
+                         "is the face too small or blurred?")
+    points0 = rigid.backproject_to_rest_surface(seeds.astype(np.float64), fit.rest_shape, fit.rot[ref],
+                                                fit.trans[ref], fit.focal, cx, cy)
+    predicted = project(points0, c2w_raw, intrinsics)
+    tr = tracks.track_keypoints(gray, face_masks, seeds, predicted, ref, n_mesh,
+                                fb_threshold_px=cfg.track_fb_threshold_px,
+                                max_unanchored=cfg.track_max_unanchored, origin=box[:2])
     clock.lap("tracks")  # including the grey decode and seed picking
     del gray
     keep = tr.visible.mean(axis=0) >= cfg.min_track_visibility
@@ -166,13 +162,18 @@ class _StepClock:
 
 
 class _FaceMasks:
-    """face_masks[t] -> bool [H,W] where frame t's parsing label is FACE (decoded lazily per chunk)."""
+    """face_masks[t] -> bool [H,W]: frame t's face oval, filled from its landmarks.
 
-    def __init__(self, labels: Any):
-        self._labels = labels
+    This is exactly the parsing stage's FACE label (the same polygon fill), computed here so the pose
+    stage needs only decode + landmarks and runs beside parsing instead of after it."""
+
+    def __init__(self, lms: np.ndarray, height: int, width: int):
+        self._lms, self._hw = lms, (height, width)
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return self._labels[t] == S.LABEL_FACE
+        from synctalk.prepare.parsing import face_mask
+
+        return face_mask(self._lms[t, :, :2], *self._hw) > 0
 
 
 def _load_landmarks(path: Path, n_frames: int) -> dict[str, np.ndarray]:
