@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from synctalk.errors import InputError, MissingWeightsError
+from synctalk.errors import MissingWeightsError
 from synctalk.log import get_logger
+from synctalk.weights import load_into, read_state_dict
 
 log = get_logger("audio.ave")
 
@@ -93,26 +94,8 @@ def load_original_ave(path: str | os.PathLike, device: str | torch.device = "cpu
         raise MissingWeightsError(
             f"AVE weights not found at {path}; supply SyncTalk's audio_visual_encoder.pth or use the "
             "subject-trained sync model (the default)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle with code, truncated zip, not a torch file at all
-        raise InputError(f"{path.name} is not a loadable weights-only torch file ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"{path.name} does not hold a state dict of tensors")
-    model = AudioEncoder()
-    expected = model.state_dict()
-    state = _normalise_keys(state)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong_shape:
-        detail = "; ".join(f"{name} {len(keys)} (e.g. {keys[0]})" for name, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys)
-        raise InputError(f"{path.name} is not a SyncTalk/Wav2Lip audio encoder: {detail}")
-    model.load_state_dict(state)
+    state = _normalise_keys(read_state_dict(path))
+    model = load_into(AudioEncoder(), state, path, "a SyncTalk/Wav2Lip audio encoder")
     return model.to(device).eval()
 
 

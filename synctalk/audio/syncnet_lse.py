@@ -35,6 +35,7 @@ from synctalk.audio import SAMPLES_PER_FRAME
 from synctalk.audio.mfcc import mfcc
 from synctalk.errors import InputError, MissingWeightsError
 from synctalk.log import get_logger, progress
+from synctalk.weights import load_into, read_state_dict
 
 log = get_logger("audio.syncnet")
 
@@ -112,31 +113,6 @@ def _normalise_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:
-            raise InputError(f"{path.name} is not a readable safetensors file ({type(e).__name__})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise InputError(
-                f"{path.name} is a pickled Python object, not a plain state dict; it is not loaded because "
-                "unpickling can run code. If you trust the file, convert it once with `python -m "
-                f"synctalk.audio.syncnet_convert {path} OUT.safetensors --trust-pickle` and pass OUT") from None
-        raise InputError(f"{path.name} is not a loadable torch weights file ({first[:160]})") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"{path.name} does not hold a state dict of tensors")
-    return state
-
-
 def load_syncnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> SyncNet:
     """Load user-supplied SyncNet weights (``syncnet_v2.model`` or its safetensors conversion), eval mode."""
     path = Path(path)
@@ -144,17 +120,10 @@ def load_syncnet(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise MissingWeightsError(
             f"SyncNet weights not found at {path}; none ship with synctalk or can be downloaded here - "
             "obtain syncnet_v2.model from joonson/syncnet_python yourself and pass its path")
-    state = _normalise_keys(_read_state(path))
-    model = SyncNet()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{name} {len(keys)} (e.g. {keys[0]})" for name, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-        raise InputError(f"{path.name} is not a syncnet_python SyncNet: {detail}")
-    model.load_state_dict(state)
+    hint = (f"If you trust the file, convert it once with `python -m synctalk.audio.syncnet_convert {path} "
+            "OUT.safetensors --trust-pickle` and pass OUT")
+    state = _normalise_keys(read_state_dict(path, pickle_hint=hint))
+    model = load_into(SyncNet(), state, path, "a syncnet_python SyncNet")
     return model.to(device).eval()
 
 
