@@ -103,9 +103,14 @@ class TrainData:
         return self.audio[ids]
 
     def rays(self, frames: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """World(NeRF)-space rays through pixel centres: frames/xs/ys [R] -> origins [R,3], unit dirs [R,3]."""
+        """World(NeRF)-space rays through pixel centres: frames/xs/ys [R] -> origins [R,3], unit dirs [R,3].
+
+        Pixel (x, y) is the point u = x, v = y of ``convention.project`` (integer pixel centres, as the
+        tracked points the poses are fitted to), so a ray passes through the world points projected
+        onto its pixel (tests/test_nerf_rays.py). The earlier x + 0.5 was PSNR-neutral in practice (the
+        fit absorbs a constant half-pixel offset; BENCHMARKS-train-2.md) but disagreed with the poses."""
         fx, fy, cx, cy = self.intrinsics
-        cam = torch.stack([(xs.float() + 0.5 - cx) / fx, -(ys.float() + 0.5 - cy) / fy,
+        cam = torch.stack([(xs.float() - cx) / fx, -(ys.float() - cy) / fy,
                            -torch.ones_like(xs, dtype=torch.float32)], dim=-1)
         pose = self.c2w[frames]
         dirs = torch.einsum("rij,rj->ri", pose[:, :3, :3], cam)

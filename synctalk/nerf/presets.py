@@ -49,6 +49,9 @@ class TrainConfig:
     perceptual_weights: str | None = None
     lambda_perceptual_box: float = 0.01
     lambda_perceptual_patch: float = 0.1
+    # model
+    grid_log2_table_size: int = 14     # hash-table rows per level and plane = 2^this (original: 14)
+    condition_expressions: bool = True # feed the 7 blendshapes to the field (False: zeros, an ablation)
     # rendering
     max_samples: int = 16
     occupancy_resolution: int = 128

@@ -27,7 +27,8 @@ from synctalk.errors import StageError
 from synctalk.log import get_logger
 from synctalk.nerf import checkpoint as ckpt
 from synctalk.nerf.data import TrainData
-from synctalk.nerf.field import HeadField
+from synctalk.nerf.encoding.hashgrid import HashGridConfig
+from synctalk.nerf.field import HeadField, HeadFieldConfig
 from synctalk.nerf.losses import HeadLossWeights, head_losses, make_perceptual
 from synctalk.nerf.presets import TrainConfig
 from synctalk.nerf.render.composite import composite_packed
@@ -65,7 +66,8 @@ class Trainer:
         self.data, self.cfg, self.workdir = data, cfg, Path(workdir)
         self.device = data.device
         torch.manual_seed(cfg.seed)  # parameter initialisation
-        self.field = HeadField().to(self.device)
+        self.field = HeadField(HeadFieldConfig(grid=HashGridConfig(log2_table_size=cfg.grid_log2_table_size)))
+        self.field = self.field.to(self.device)
         self.grid = OccupancyGrid(OccupancyConfig(resolution=cfg.occupancy_resolution, dilate=cfg.occupancy_dilate,
                                                   box_min=SCENE_AABB[:3], box_max=SCENE_AABB[3:]), self.device)
         self.rng = torch.Generator(device=self.device)
@@ -126,6 +128,11 @@ class Trainer:
     def audio_codes(self, frames: torch.Tensor) -> torch.Tensor:
         return self.field.encode_audio(self.data.audio_window(frames)).float()
 
+    def expressions_of(self, frames: torch.Tensor) -> torch.Tensor:
+        """Expression inputs of frames [R] -> [R, 7] (zeros when the config turns them off)."""
+        expr = self.data.expressions[frames]
+        return expr if self.cfg.condition_expressions else torch.zeros_like(expr)
+
     def render_rays(self, batch: RayBatch, codes: torch.Tensor, jitter: bool) -> dict[str, torch.Tensor]:
         """Render rays of several frames; ``codes`` [B, 32] are the audio codes of the batch's images."""
         d = self.data
@@ -139,7 +146,7 @@ class Trainer:
             # index_select (backward: a serial index_add on the CPU) rather than advanced indexing, whose
             # backward accumulates in a thread-order-dependent sum and breaks bit-exact resume.
             out = self.field(samples.positions, samples.directions, codes.index_select(0, batch.slots[ray_ids]),
-                             d.expressions[frame_of_sample], frame_of_sample)
+                             self.expressions_of(frame_of_sample), frame_of_sample)
         values = torch.stack([out["rgb"][:, 0], out["rgb"][:, 1], out["rgb"][:, 2], out["audio_gate_norm"],
                               out["expression_gate_norm"], out["uncertainty"]], dim=-1).float()
         _, opacity, acc = composite_packed(out["sigma"].float(), samples.deltas, values, ray_ids, samples.num_rays)
@@ -206,7 +213,7 @@ class Trainer:
         frame = self._pick_frames(1)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             code = self.audio_codes(frame)[0]
-            expr = self.data.expressions[frame[0]]
+            expr = self.expressions_of(frame)[0]
             self.grid.update(lambda p: self.field.density(p, code, expr), generator=self.rng)
         if not bool(torch.isfinite(self.grid.density).all()):
             raise StageError(f"{self.stage} training diverged at step {self.stage_step} (the density field holds "

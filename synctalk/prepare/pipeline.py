@@ -54,7 +54,7 @@ def _stages() -> list[Stage]:
         Stage("expressions", 1, (S.EXPRESSIONS,), ("landmarks",), lambda c: c.expressions, expressions.run),
         Stage("background", 1, (S.BACKGROUND, S.TORSO, S.TORSO_ALPHA), ("decode", "parsing"),
               lambda c: c.background, background.run),
-        Stage("pose", 2, (S.POSE,), ("decode", "landmarks"), lambda c: c.pose, pose.run),
+        Stage("pose", 3, (S.POSE,), ("decode", "landmarks"), lambda c: c.pose, pose.run),
         Stage("figures", 1, (f"{S.FIGURES}/contact_sheet.png", f"{S.FIGURES}/pose_track.png"),
               ("decode", "landmarks", "parsing", "pose"), lambda c: None, figures.run),
     ]

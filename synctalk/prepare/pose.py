@@ -42,6 +42,7 @@ class PoseConfig:
     track_max_unanchored: int = 8       # frames a point may coast on frame-to-frame flow alone
     ba_huber_px: float = 1.0            # Huber threshold of the reprojection loss
     ba_smooth_weight: float = 1.0       # temporal prior weight (1 ~ one keypoint's worth per frame)
+    ba_anchor_weight: float = 0.05      # pull towards the per-frame mesh fit (breaks the planar-tracks ambiguity)
     min_track_visibility: float = 0.2   # drop tracks visible in fewer than this fraction of frames
 
 
@@ -101,7 +102,7 @@ def estimate_pose(root: Path, n_frames: int, width: int, height: int, cfg: PoseC
 
     ba = bundle.bundle_adjust(xy, vis, fit.rot, fit.trans, points0, fit.focal, cx, cy,
                               cfg.ba_iters_points, cfg.ba_iters_joint, huber_px=cfg.ba_huber_px,
-                              smooth_weight=cfg.ba_smooth_weight)
+                              smooth_weight=cfg.ba_smooth_weight, anchor_weight=cfg.ba_anchor_weight)
     clock.lap("bundle")
     c2w = w2c_to_c2w(ba.rot, ba.trans)
     jit_before, jit_after = pose_jitter(c2w_raw), pose_jitter(c2w)
