@@ -107,15 +107,22 @@ def score_sync(lms: np.ndarray, wav: np.ndarray, speech: np.ndarray | None = Non
                      correlations=[float(c) for c in corr])
 
 
-def score_video(video: str | os.PathLike, audio: str | os.PathLike | None = None) -> SyncScore:
-    """Run face mesh on ``video`` and score it against its own audio track or ``audio``."""
+def load_talking_video(video: str | os.PathLike, audio: str | os.PathLike | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(face-mesh landmarks [N,478,3], 16 kHz audio) of a 25-fps talking video, checked for sync scoring:
+    its own audio track unless ``audio`` is given."""
     from synctalk.audio.load import load_driving_audio
     from synctalk.audio.mouth import face_mesh_landmarks
 
     wav = load_driving_audio(audio if audio is not None else video)
     lms, detected, fps = face_mesh_landmarks(video)
     if abs(fps - 25) > 0.01:
-        raise InputError(f"{video} is {fps:g} fps; sync-score expects 25 fps video (the frame offset unit)")
+        raise InputError(f"{video} is {fps:g} fps; sync scores expect 25 fps video (the frame offset unit)")
     if detected.mean() < 0.5:
         raise InputError(f"a face was found in only {100 * detected.mean():.0f} % of the frames of {video}")
-    return score_sync(lms, wav)
+    return lms, wav
+
+
+def score_video(video: str | os.PathLike, audio: str | os.PathLike | None = None) -> SyncScore:
+    """Run face mesh on ``video`` and score it against its own audio track or ``audio``."""
+    return score_sync(*load_talking_video(video, audio))

@@ -228,16 +228,10 @@ def face_crops(frames_rgb: Iterable[np.ndarray], lms: np.ndarray) -> np.ndarray:
 def score_video_lse(video: str | os.PathLike, weights: str | os.PathLike, audio: str | os.PathLike | None = None,
                     device: str = "cpu") -> LSEScore:
     """Face mesh -> 224^2 crops -> SyncNet LSE of ``video`` against its own audio or ``audio``."""
-    from synctalk.audio.load import load_driving_audio
-    from synctalk.audio.mouth import face_mesh_landmarks
+    from synctalk.audio.av_sync import load_talking_video
     from synctalk.io.video import iter_frames
 
     model = load_syncnet(weights, device)   # fail on bad weights before the slow face mesh
-    wav = load_driving_audio(audio if audio is not None else video)
-    lms, detected, fps = face_mesh_landmarks(video)
-    if abs(fps - 25) > 0.01:
-        raise InputError(f"{video} is {fps:g} fps; SyncNet expects 25 fps video")
-    if detected.mean() < 0.5:
-        raise InputError(f"a face was found in only {100 * detected.mean():.0f} % of the frames of {video}")
+    lms, wav = load_talking_video(video, audio)
     crops = face_crops(iter_frames(video), lms)
     return lse_score(model, crops, wav)
