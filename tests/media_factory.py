@@ -123,3 +123,19 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     x = np.asarray(samples, np.float64)
     spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
     return float(np.argmax(spectrum) * rate / x.size)
+
+
+def write_clip(path: Path, frames) -> None:
+    """Encode RGB frames (any iterable) as a near-lossless 25-fps H.264 clip, as a subject's frames.mp4."""
+    import av
+
+    frames = iter(frames)
+    first = next(frames)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "ultrafast"}
+        for rgb in (first, *frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())

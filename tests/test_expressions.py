@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media_factory import write_clip
+
 from synctalk import subject as S
 from synctalk.io.video import iter_frames
 from synctalk.prepare import expressions as E
@@ -25,17 +27,8 @@ OPEN = list(range(100 - START, 109 - START)) + list(range(120 - START, 150 - STA
 
 @pytest.fixture(scope="module")
 def subject(anchor_video: Path, tmp_path_factory) -> tuple[StageContext, dict]:
-    import av
-
     root = tmp_path_factory.mktemp("expr_subject")
-    with av.open(str(root / S.FRAMES), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.height = stream.width = 512
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        for rgb in iter_frames(anchor_video, START, STOP):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
+    write_clip(root / S.FRAMES, iter_frames(anchor_video, START, STOP))
     ctx = StageContext(root=root, source=root / S.FRAMES, config=PrepareConfig(),
                        facts={"n_frames": STOP - START, "width": 512, "height": 512, "fps": 25.0})
     ctx.facts.update(L.run(ctx))

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media_factory import write_clip
+
 from synctalk import subject as S
 from synctalk.errors import InputError
 from synctalk.io.video import iter_frames
@@ -18,19 +20,6 @@ from synctalk.prepare.context import StageContext
 from synctalk.prepare.maskcodec import MaskReader
 
 N_CLIP = 100
-
-
-def write_clip(path: Path, frames: list[np.ndarray]) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
 
 
 def run_landmarks(root: Path, frames: list[np.ndarray], cfg: PrepareConfig | None = None) -> tuple[dict, dict]:

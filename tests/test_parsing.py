@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from media_factory import write_clip
+
 from synctalk import subject as S
 from synctalk.io.video import iter_frames
 from synctalk.prepare import landmarks as L
@@ -22,17 +24,8 @@ N_CLIP = 40
 
 @pytest.fixture(scope="module")
 def subject(anchor_video: Path, tmp_path_factory) -> tuple[Path, dict]:
-    import av
-
     root = tmp_path_factory.mktemp("parsing_subject")
-    with av.open(str(root / S.FRAMES), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.height = stream.width = 512
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        for rgb in iter_frames(anchor_video, 0, N_CLIP):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
+    write_clip(root / S.FRAMES, iter_frames(anchor_video, 0, N_CLIP))
     ctx = StageContext(root=root, source=root / S.FRAMES, config=PrepareConfig(),
                        facts={"n_frames": N_CLIP, "width": 512, "height": 512, "fps": 25.0})
     ctx.facts.update(L.run(ctx))

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synctalk.errors import InputError
+from synctalk.weights import read_state_dict
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 # torchvision `features.<index>` convs: (index, in, out, kernel, stride, padding)
@@ -26,12 +27,7 @@ LPIPS_ALEX_CHANNELS = tuple(c[2] for c in ALEXNET_CONVS)  # 64, 192, 384, 256, 2
 
 def load_alexnet_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The `features.*` conv tensors of a torchvision AlexNet checkpoint (classifier keys ignored)."""
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"cannot read AlexNet weights {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{path} is not a state dict")
+    state = read_state_dict(path)
     out: dict[str, torch.Tensor] = {}
     for index, cin, cout, k, _, _ in ALEXNET_CONVS:
         w = state.get(f"features.{index}.weight")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from synctalk.errors import InputError, MissingWeightsError
 from synctalk.io.atomic import atomic_path
 from synctalk.log import get_logger
+from synctalk.weights import read_state_dict
 
 log = get_logger(__name__)
 
@@ -226,7 +227,7 @@ class LpipsAlex(nn.Module):
                 "LPIPS-alex needs the lpips linear heads (weights/v0.1/alex.pth): pip install --no-deps lpips, "
                 "or pass their path")
         self.features = AlexNetFeatures(load_alexnet_state(backbone))
-        head_state = _load_state(heads)
+        head_state = read_state_dict(heads)
         self.heads = nn.ModuleList()
         for k, channels in enumerate(LPIPS_ALEX_CHANNELS):
             w = head_state.get(f"lin{k}.model.1.weight")
@@ -274,11 +275,3 @@ def _resolve_alexnet_path(path: str | os.PathLike | None) -> Path:
         f"pass its path or set SYNCTALK_ALEXNET (looked at {', '.join(str(c) for c in candidates)})")
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{path} is not a state dict")
-    return state
