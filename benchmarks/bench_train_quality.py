@@ -1,28 +1,38 @@
-"""GPU diagnosis of NeRF head quality: several head-stage variants on one loaded subject.
+"""GPU diagnosis of NeRF head quality: where the error sits, and head-stage variants on one loaded subject.
 
     PYTHONPATH=. python3 benchmarks/bench_train_quality.py --subject .carry/anchor --out "$OUT" \
-        --variant base: --variant big_table:grid_log2_table_size=16 [--test-frames 0]
+        [--holdout 0.05] [--analyse .carry/nerf_ws] --variant base: --variant big:rays_per_step=131072,...
 
-Each ``--variant NAME:FIELD=VALUE,FIELD=VALUE`` trains the head stage from scratch (``fast`` preset plus
-the overrides) on the same device-resident data, then reports, with the EMA weights:
-  * test PSNR (whole frame and head only; individual code 0, the original's test path) on all test
-    frames (or ``--test-frames`` evenly spaced ones);
-  * the same on 32 test frames with the audio code zeroed (how much the audio conditioning matters);
-  * 16 train frames (fitting vs generalisation);
-  * the mean image shift render -> ground truth inside the head box (phase correlation), which would
-    expose a camera/ray convention or pose offset.
-Results are appended to ``$OUT/quality.json`` after every variant, so a timeout keeps what finished.
+``--analyse WORKSPACE`` evaluates an already trained workspace (its ``checkpoints/lips`` or ``head``)
+before any variant. Each ``--variant NAME:FIELD=VALUE,...`` trains ``--stages`` (default: head) from
+scratch (``--preset`` plus the overrides) on the same device-resident data. Every model is reported
+with its EMA weights and individual code 0 (the original's test path):
+  * ``val``: the held-out last ``--holdout`` share of the train split (not trained on; tune on this);
+  * ``test``: every test frame (or ``--test-frames`` evenly spaced ones), whole frame and head only,
+    plus where the test error sits (``regions``: share of the squared error and PSNR per region);
+  * ``train16``: 16 train frames (fitting vs generalisation);
+  * audio ablations on 32 test frames: the mean training audio code for every frame (``mean_audio``)
+    and each frame rendered with another test frame's audio (``shuffled_audio``).
+The region partition (first match wins): ``mouth`` (lip box), ``seam`` (3-px band around the GT head
+mask below the nose tip: jaw / neck), ``edge`` (the band above it: hair / temple outline),
+``lower_face`` / ``upper_face`` (head pixels inside the lower-face / face rect), ``hair`` (other head
+pixels), ``outside`` (the rest: floaters over the torso and background).
+Results are appended to ``$OUT/quality.json`` after every model (a timeout keeps what finished);
+mean |error| maps and render|GT pairs are written as PNGs for the first model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REGIONS = ("mouth", "seam", "edge", "lower_face", "upper_face", "hair", "outside")
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -30,26 +40,104 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [item for item in rest.split(",") if item]
 
 
-def head_shift(trainer, frames: list[int]) -> dict:
-    """Mean (dx, dy) in pixels that moves the render onto the ground truth, inside each head box."""
-    import cv2
-    import numpy as np
+def region_masks(data, frame: int):
+    """Partition of frame ``frame``'s pixels into REGIONS -> [len(REGIONS), H, W] bool."""
+    import torch
+    import torch.nn.functional as F
 
-    from synctalk.nerf.render_views import render_frame
+    head = data.head[frame].bool()
+    h, w = head.shape
+    m = head[None, None].float()
+    band = (F.max_pool2d(m, 7, 1, 3) > 0) & (-F.max_pool2d(-m, 7, 1, 3) < 1)  # dilated, not eroded
+    band = band[0, 0]
+    ys, xs = torch.meshgrid(torch.arange(h, device=head.device), torch.arange(w, device=head.device), indexing="ij")
+
+    def box(b):
+        return (xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])
+
+    below_nose = ys >= data.lower_face[frame][1]
+    wanted = [box(data.lip_box[frame]), band & below_nose, band, head & box(data.lower_face[frame]),
+              head & box(data.face_rect[frame]), head, torch.ones_like(head)]
+    taken = torch.zeros_like(head)
+    out = []
+    for mask in wanted:
+        mine = mask & ~taken
+        out.append(mine)
+        taken |= mine
+    return torch.stack(out)
+
+
+def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path | None = None,
+             save_first: int = 0, audio_of=None) -> dict:
+    """EMA renders of ``frames``: mean PSNR (frame / head) and, with ``regions``, the error split.
+    ``audio_of(frame) -> frame`` picks whose audio drives each render (default: its own)."""
+    import numpy as np
+    import torch
+
+    from synctalk.nerf.render_views import psnr_of, render_frame, save_png
 
     d = trainer.data
-    shifts = []
+    psnr, psnr_head = [], []
+    se = torch.zeros(len(REGIONS), device=trainer.device, dtype=torch.float64)
+    px = torch.zeros_like(se)
+    err_map = torch.zeros(d.height, d.width, device=trainer.device)
     with trainer.ema_weights():
-        for frame in frames:
-            pred = render_frame(trainer, frame).mean(dim=-1).cpu().numpy().astype(np.float32)
-            gt = (d.gt[frame].float().mean(dim=-1) / 255.0).cpu().numpy().astype(np.float32)
-            x0, y0, x1, y1 = (int(v) for v in d.head_box[frame].cpu())
-            window = cv2.createHanningWindow((x1 - x0, y1 - y0), cv2.CV_32F)
-            (dx, dy), _ = cv2.phaseCorrelate(pred[y0:y1, x0:x1], gt[y0:y1, x0:x1], window)
-            shifts.append((dx, dy))
-    arr = np.asarray(shifts)
-    return {"mean_dx": float(arr[:, 0].mean()), "mean_dy": float(arr[:, 1].mean()),
-            "abs_dx": float(np.abs(arr[:, 0]).mean()), "abs_dy": float(np.abs(arr[:, 1]).mean())}
+        for k, frame in enumerate(frames):
+            pred = render_frame(trainer, frame, audio_frame=None if audio_of is None else audio_of(frame))
+            gt = d.gt[frame].float() / 255.0
+            psnr.append(psnr_of(pred, gt))
+            psnr_head.append(psnr_of(pred, gt, d.head[frame].bool()))
+            if regions:
+                sq = ((pred - gt) ** 2).sum(dim=-1)
+                masks = region_masks(d, frame)
+                se += (masks * sq).flatten(1).sum(dim=1).double()
+                px += masks.flatten(1).sum(dim=1).double()
+                err_map += (pred - gt).abs().mean(dim=-1)
+            if save_dir is not None and k < save_first:
+                err = ((pred - gt).abs() * 4).clamp(0, 1)
+                trio = torch.cat([pred, gt, err], dim=1)
+                save_png(save_dir / f"frame_{frame:05d}.png", (trio * 255 + 0.5).byte().cpu().numpy())
+    heads = [v for v in psnr_head if math.isfinite(v)]
+    result = {"psnr": float(np.mean(psnr)), "psnr_head": float(np.mean(heads)) if heads else float("nan"),
+              "frames": len(frames)}
+    if regions:
+        total = float(se.sum())
+        result["regions"] = {
+            name: {"error_share": float(se[i]) / total, "pixel_share": float(px[i] / px.sum()),
+                   "psnr": 10 * math.log10(3 * float(px[i]) / max(float(se[i]), 1e-12)) if px[i] > 0 else None}
+            for i, name in enumerate(REGIONS)}
+        result["error_map"] = (err_map / len(frames)).cpu().numpy()
+    return result
+
+
+def report_model(trainer, sets: dict, out: Path | None) -> dict:
+    import numpy as np
+
+    from synctalk.nerf.render_views import save_png
+
+    row: dict = {}
+    test = evaluate(trainer, sets["test"], regions=True, save_dir=out, save_first=3 if out else 0)
+    err_map = test.pop("error_map")
+    if out is not None:
+        save_png(out / "test_mean_abs_error_x8.png",
+                 np.repeat((np.clip(err_map * 8, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2))
+    row["test"] = test
+    if sets["val"]:
+        row["val"] = evaluate(trainer, sets["val"])
+    row["train16"] = evaluate(trainer, sets["train16"])
+    test32 = sets["test32"]
+    row["test32"] = evaluate(trainer, test32)
+    half = len(test32) // 2
+    others = {f: test32[(i + half) % len(test32)] for i, f in enumerate(test32)}
+    row["test32_shuffled_audio"] = evaluate(trainer, test32, audio_of=others.__getitem__)
+    real = trainer.audio_codes
+    # Evaluated inside evaluate()'s EMA context, so the mean code comes from the EMA audio nets.
+    trainer.audio_codes = lambda frames: real(trainer.data.train_ids).mean(0, keepdim=True).expand(frames.shape[0], -1)
+    try:
+        row["test32_mean_audio"] = evaluate(trainer, test32)
+    finally:
+        trainer.audio_codes = real
+    return row
 
 
 def main() -> int:
@@ -57,19 +145,23 @@ def main() -> int:
     ap.add_argument("--subject", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--variant", action="append", default=[], help="NAME:FIELD=VALUE,... (repeatable)")
+    ap.add_argument("--analyse", type=Path, default=None, help="a trained workspace to evaluate first")
+    ap.add_argument("--holdout", type=float, default=0.05, help="last share of the train split kept out")
+    ap.add_argument("--stages", default="head")
     ap.add_argument("--test-frames", type=int, default=0, help="0 = every test frame")
     ap.add_argument("--preset", default="fast", help="tiny + --device cpu: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--save-pngs", type=int, default=2, help="render|GT pairs saved for the first variant")
+    ap.add_argument("--curve", action="store_true", help="val / test32 PSNR every val_every steps")
+    ap.add_argument("--tag", default="quality", help="output file stem (concurrent runs into one --out)")
     args = ap.parse_args()
 
     import torch
 
     from synctalk.log import setup_logging
+    from synctalk.nerf import checkpoint as ckpt
     from synctalk.nerf.data import load_subject
     from synctalk.nerf.presets import parse_overrides, preset
-    from synctalk.nerf.render_views import evaluate_frames
-    from synctalk.nerf.train_run import _evenly
+    from synctalk.nerf.train_run import _evenly, config_from_checkpoint
     from synctalk.nerf.trainer import Trainer
 
     setup_logging(False)
@@ -79,43 +171,59 @@ def main() -> int:
     data = load_subject(args.subject, args.device, downscale=base.downscale, max_frames=base.max_frames,
                         scene_fill=base.scene_fill, head_box_margin=base.head_box_margin)
     on_gpu = torch.device(args.device).type == "cuda"
-    report: dict = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "torch": torch.__version__,
-                    "load_seconds": time.perf_counter() - start, "scene": data.scene.to_json(), "variants": {}}
+    train_ids = data.train_ids.cpu().numpy()
     test_ids = data.test_ids.cpu().numpy()
-    test_eval = _evenly(test_ids, args.test_frames) if args.test_frames else [int(i) for i in test_ids]
-    test32 = _evenly(test_ids, 32)
-    train16 = _evenly(data.train_ids.cpu().numpy(), 16)
-    for k, spec in enumerate(args.variant or ["base:"]):
+    n_val = int(round(args.holdout * len(train_ids)))
+    sets = {"val": [int(i) for i in train_ids[len(train_ids) - n_val:]] if n_val else [],
+            "test": _evenly(test_ids, args.test_frames) if args.test_frames else [int(i) for i in test_ids],
+            "test32": _evenly(test_ids, 32), "train16": _evenly(train_ids[:len(train_ids) - n_val], 16)}
+    report: dict = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "torch": torch.__version__,
+                    "load_seconds": time.perf_counter() - start, "scene": data.scene.to_json(),
+                    "holdout_frames": n_val, "stages": args.stages, "models": {}}
+    json_path = args.out / f"{args.tag}.json"
+    first_pngs = True
+
+    if args.analyse is not None:
+        stem = args.analyse / "checkpoints" / "lips"
+        if not ckpt.meta_path(stem).is_file():
+            stem = args.analyse / "checkpoints" / "head"
+        trainer = Trainer(data, config_from_checkpoint(ckpt.load_meta(stem)), "/tmp/quality_analyse")
+        trainer.load(stem)
+        row = {"checkpoint": str(stem), "note": "trained on the whole train split: val is not held out"}
+        row.update(report_model(trainer, sets, args.out / f"{args.tag}_analysed"))
+        first_pngs = False
+        report["models"]["analysed"] = row
+        print(json.dumps({"analysed": row}), flush=True)
+        json_path.write_text(json.dumps(report, indent=1))
+        del trainer
+
+    if n_val:  # trained variants never see the validation slice
+        data.train_ids = data.train_ids[:len(train_ids) - n_val]
+    for spec in args.variant:
         name, items = parse_variant(spec)
         cfg = preset(args.preset, **parse_overrides(items))
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
-        torch.manual_seed(0)
         trainer = Trainer(data, cfg, Path("/tmp/quality_work") / name)
-        stats = trainer.train_stage("head")
-        row: dict = {"overrides": items, "train_seconds": stats["seconds"], "steps_per_s": stats["steps_per_s"],
-                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None}
-        save_dir = args.out if k == 0 and args.save_pngs else None
-        test = evaluate_frames(trainer, test_eval, save_dir, save_first=args.save_pngs)
-        row["test"] = {"psnr": test["psnr"], "psnr_head": test["psnr_head"], "frames": len(test_eval)}
-        train = evaluate_frames(trainer, train16)
-        row["train16"] = {"psnr": train["psnr"], "psnr_head": train["psnr_head"]}
-        real_codes = trainer.audio_codes
-        trainer.audio_codes = lambda frames: torch.zeros(frames.shape[0], 32, device=trainer.device)
-        muted = evaluate_frames(trainer, test32)
-        trainer.audio_codes = real_codes
-        row["test32_zero_audio"] = {"psnr": muted["psnr"], "psnr_head": muted["psnr_head"]}
-        # Test expressions replaced by the mean training expression (off-distribution blendshapes?).
-        saved = data.expressions.clone()
-        data.expressions[torch.as_tensor(test32, device=data.device)] = data.expressions[data.train_ids].mean(dim=0)
-        mean_expr = evaluate_frames(trainer, test32)
-        data.expressions.copy_(saved)
-        row["test32_mean_expression"] = {"psnr": mean_expr["psnr"], "psnr_head": mean_expr["psnr_head"]}
-        row["test32_shift"] = head_shift(trainer, test32)
-        row["train16_shift"] = head_shift(trainer, train16)
-        report["variants"][name] = row
+        row = {"overrides": items, "stages": {}, "curve": []}
+
+        def on_validate(t, row=row) -> None:  # every val_every steps: a learning curve on val / test32
+            point = {"stage": t.stage, "step": t.stage_step, "test32": evaluate(t, sets["test32"])["psnr"]}
+            if sets["val"]:
+                point["val"] = evaluate(t, sets["val"])["psnr"]
+            row["curve"].append(point)
+            print(json.dumps({name: point}), flush=True)
+
+        for stage in args.stages.split(","):
+            stats = trainer.train_stage(stage, on_validate if args.curve else None)
+            row["stages"][stage] = {"seconds": stats["seconds"], "steps_per_s": stats["steps_per_s"],
+                                    "rays_per_s": stats["rays_per_s"]}
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+        row.update(report_model(trainer, sets, args.out / f"{args.tag}_{name}" if first_pngs else None))
+        first_pngs = False
+        report["models"][name] = row
         print(json.dumps({name: row}), flush=True)
-        (args.out / "quality.json").write_text(json.dumps(report, indent=1))
+        json_path.write_text(json.dumps(report, indent=1))
         del trainer
         if on_gpu:
             torch.cuda.empty_cache()

@@ -78,3 +78,50 @@ def _set(cfg: Any, path: list[str], value: str, full: str) -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# --- flat training configs (NeRF head/lips, torso): `--set FIELD=VALUE` without a stage prefix ---
+
+def named_preset(presets: dict[str, C], name: str, what: str, **overrides: Any) -> C:
+    """``presets[name]`` with ``overrides`` applied; one-line InputError for an unknown name or field.
+    ``what`` names the config in messages ("training", "torso")."""
+    from synctalk.errors import InputError
+
+    if name not in presets:
+        raise InputError(f"unknown {what} preset {name!r}; choose from {', '.join(presets)}")
+    base = presets[name]
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(base)})  # type: ignore[arg-type]
+    if unknown:
+        raise InputError(f"unknown {what} setting(s) {unknown}")
+    return dataclasses.replace(base, **overrides)  # type: ignore[type-var]
+
+
+def parse_flat_overrides(defaults: Any, items: list[str],
+                         optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``["steps=500", "amp=false"]`` -> typed overrides, types taken from ``defaults``' field values.
+
+    Fields whose default is None need a parser in ``optional`` (field -> callable(str)); "none"/"null"
+    gives None for them. Errors are one-line InputErrors naming the item."""
+    from synctalk.errors import InputError
+
+    optional = optional or {}
+    name = type(defaults).__name__
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not hasattr(defaults, key):
+            raise InputError(f"bad --set {item!r}: expected FIELD=VALUE with a {name} field")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, bool):
+                value: Any = _coerce(raw, bool)
+            elif isinstance(current, (int, float, str)):
+                value = type(current)(raw)
+            elif current is None:
+                value = None if raw.lower() in ("none", "null") else optional.get(key, str)(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise InputError(f"bad --set {item!r}: {raw!r} is not a valid {type(current).__name__}") from None
+        out[key] = value
+    return out

@@ -191,3 +191,39 @@ def test_parse_overrides_types():
         parse_overrides(["nope=1"])
     with pytest.raises(InputError):
         preset("huge")
+
+
+def test_generalisation_settings_resume_exactly_and_old_configs_load(tmp_path):
+    """audio_noise draws from the checkpointed RNG (resume stays exact); configs saved before these
+    settings existed load with the defaults that reproduce the original's behaviour."""
+    from synctalk.nerf.train_run import config_from_checkpoint
+
+    cfg = tiny_cfg(audio_noise=0.5, attention_on_gated=True, lips_lr_scale=0.3, max_samples=24, dt=0.02)
+    full = Trainer(synthetic_data(), cfg, tmp_path / "a")
+    full.train_stage("head")
+    full.train_stage("lips")
+    half = Trainer(synthetic_data(), cfg, tmp_path / "b")
+    half.train_stage("head", stop_at=3)
+    half.save(tmp_path / "b" / "latest")
+    resumed = Trainer(synthetic_data(), cfg, tmp_path / "c")
+    resumed.load(tmp_path / "b" / "latest")
+    resumed.train_stage("head")
+    resumed.train_stage("lips")
+    for (name, a), (_, b) in zip(full.field.state_dict().items(), resumed.field.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert full.optimizer.param_groups[0]["lr"] < 0.3 * cfg.lr_grid  # the lip stage starts scaled down
+    old = {k: v for k, v in cfg.to_json().items()
+           if k not in ("audio_noise", "attention_on_gated", "lips_lr_scale", "dt")}
+    restored = config_from_checkpoint({"config": old})
+    assert (restored.audio_noise, restored.attention_on_gated, restored.lips_lr_scale) == (0.0, False, 1.0)
+    assert restored.dt == pytest.approx(2 * math.sqrt(3) / 128)
+
+
+def test_audio_noise_only_perturbs_training_codes():
+    data = synthetic_data()
+    frames = torch.tensor([0, 1])
+    plain = Trainer(data, tiny_cfg(), "/tmp/unused")
+    noisy = Trainer(data, tiny_cfg(audio_noise=1.0), "/tmp/unused")
+    assert torch.equal(plain.training_audio_codes(frames), plain.audio_codes(frames))
+    assert torch.equal(noisy.audio_codes(frames), plain.audio_codes(frames))  # same init, rendering untouched
+    assert not torch.allclose(noisy.training_audio_codes(frames), noisy.audio_codes(frames))

@@ -59,3 +59,27 @@ def augment_windows(windows: torch.Tensor, generator: torch.Generator, warp: flo
     per_db = 2 * MAX_ABS_VALUE / (-MIN_LEVEL_DB)  # normalised units per dB
     offset = (torch.rand(b, 1, 1, 1, generator=generator, device=windows.device) * 2 - 1) * gain_db * per_db
     return (out + offset).clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE)
+
+
+def mask_windows(windows: torch.Tensor, generator: torch.Generator, max_time: int = 0,
+                 max_freq: int = 0) -> torch.Tensor:
+    """SpecAugment-style masks on [B, 1, 80, W] windows: per window one span of 0..max_time mel frames
+    and one band of 0..max_freq mel bins set to the window's mean level (not to silence, which would
+    look like a pause). Timing-preserving: the unmasked rest stays where it was."""
+    if max_time <= 0 and max_freq <= 0:
+        return windows
+    b, _, n_mels, width = windows.shape
+    dev = windows.device
+    mean = windows.mean(dim=(2, 3), keepdim=True)
+    keep = torch.ones(b, 1, n_mels, width, dtype=torch.bool, device=dev)
+    for size, axis, extent in ((max_time, 3, width), (max_freq, 2, n_mels)):
+        if size <= 0:
+            continue
+        length = torch.randint(0, size + 1, (b,), generator=generator, device=dev)
+        start = (torch.rand(b, generator=generator, device=dev) * (extent - length + 1)).long()
+        pos = torch.arange(extent, device=dev)[None, :]
+        inside = (pos >= start[:, None]) & (pos < (start + length)[:, None])       # [B, extent]
+        shape = [b, 1, 1, 1]
+        shape[axis] = extent
+        keep &= ~inside.view(shape)
+    return torch.where(keep, windows, mean)

@@ -43,19 +43,29 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, array, allow_pickle=False)
 
 
-def save_sync_model(root: Path, model: SyncModel, meta: dict) -> None:
+def save_sync_model(root: Path, model: SyncModel, meta: dict, crop: str = "lips") -> None:
     _save_safetensors(root / AVE_WEIGHTS, original_state_dict(model.audio), {"layout": "wav2lip-audio-encoder"})
     mouth = {f"mouth.{k}": v for k, v in model.mouth.state_dict().items()}
     mouth["log_scale"] = model.log_scale.detach()
-    _save_safetensors(root / MOUTH_WEIGHTS, mouth, {"layout": "synctalk-mouth-encoder"})
+    # The mouth net's shape is in the metadata so load_sync_model can rebuild it without ave.json.
+    first = model.mouth.layers[0].conv_block[0]
+    _save_safetensors(root / MOUTH_WEIGHTS, mouth, {
+        "layout": "synctalk-mouth-encoder", "stack": str(model.stack), "mouth_width": str(first.out_channels),
+        "crop": crop})
     write_json(root / AVE_META, meta)
 
 
 def load_sync_model(root: str | os.PathLike, device: str | torch.device = "cpu") -> SyncModel:
+    """The subject's sync model; its mouth crops must be made with ``mouth_crops(..., region=model.crop)``."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     root = Path(root)
-    model = SyncModel()
+    with safe_open(str(root / MOUTH_WEIGHTS), framework="pt") as f:
+        info = f.metadata() or {}
+    # Files written before the stack/width/crop options hold the original 5-frame, width-32 lips net.
+    model = SyncModel(stack=int(info.get("stack", 5)), mouth_width=int(info.get("mouth_width", 32)))
+    model.crop = info.get("crop", "lips")
     model.audio = load_original_ave(root / AVE_WEIGHTS)
     state = load_file(str(root / MOUTH_WEIGHTS))
     model.mouth.load_state_dict({k[len("mouth."):]: v for k, v in state.items() if k.startswith("mouth.")})
@@ -77,22 +87,28 @@ def build_from_arrays(root: Path, wav: np.ndarray, crops: np.ndarray, n_train: i
              100 * accuracy["within_tolerance"], accuracy["windows"], 100 * accuracy["exact"])
     features = audio_features(model.audio, wav, n_frames)
     save_sync_model(root, model, {"training": stats, "test_sync": accuracy, "feature_dim": 512,
-                                  "n_frames": n_frames})
+                                  "n_frames": n_frames}, crop=cfg.crop)
     save_npy(root / FEATURES, features.astype(np.float32))
     return {"ave_test_sync_within_1": accuracy["within_tolerance"],
             "ave_test_sync_within_1_all_windows": accuracy["within_tolerance_all"],
+            "ave_test_sync_within_1_span13": accuracy.get("within_tolerance_span13"),
             "ave_train_seconds": stats["seconds"],
             "audio_feature_frames": n_frames}
 
 
-def build_subject_audio(root: str | os.PathLike, cfg: SyncTrainConfig) -> dict:
-    """Train the subject's sync model from a prepared subject directory (audio.wav, frames, landmarks)."""
+def load_subject_arrays(root: str | os.PathLike, crop: str = "lips") -> tuple[np.ndarray, np.ndarray, int]:
+    """(16 kHz audio, [N, H, W] uint8 mouth crops of region ``crop``, n_train) of a prepared subject."""
     from synctalk.audio.load import load_driving_audio
     from synctalk.audio.mouth import mouth_crops
     from synctalk.io.video import iter_frames
 
     sub = S.Subject(root)
     wav = load_driving_audio(sub.path(S.AUDIO))
-    lms = sub.landmarks()
-    crops = mouth_crops(iter_frames(sub.path(S.FRAMES)), lms)
-    return build_from_arrays(sub.root, wav, crops, sub.split.n_train, cfg)
+    crops = mouth_crops(iter_frames(sub.path(S.FRAMES)), sub.landmarks(), crop)
+    return wav, crops, sub.split.n_train
+
+
+def build_subject_audio(root: str | os.PathLike, cfg: SyncTrainConfig) -> dict:
+    """Train the subject's sync model from a prepared subject directory (audio.wav, frames, landmarks)."""
+    wav, crops, n_train = load_subject_arrays(root, cfg.crop)
+    return build_from_arrays(Path(root), wav, crops, n_train, cfg)

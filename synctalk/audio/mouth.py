@@ -24,6 +24,11 @@ FOREHEAD, CHIN = 10, 152
 
 CROP_H, CROP_W = 48, 96
 CROP_WIDTH_OVER_EYES = 1.0   # crop width = outer-eye distance: the lips plus a margin for the jaw corners
+# Crop regions for the sync model: (height px, width px, centre moved down from the lips' centre, in
+# outer-eye distances). All share the lips crop's scale (96 px = one eye distance). "jaw" reaches from
+# a quarter eye distance above the lips' centre to ~0.66 below it: the chin (~0.5 below) even with the
+# mouth wide open, because at 48x96 the jaw's travel is easier to see than the lips' own shape.
+CROP_REGIONS: dict[str, tuple[int, int, float]] = {"lips": (CROP_H, CROP_W, 0.0), "jaw": (88, CROP_W, 0.2)}
 
 
 def face_size(lms: np.ndarray) -> np.ndarray:
@@ -37,33 +42,45 @@ def mouth_opening(lms: np.ndarray) -> np.ndarray:
     return (gap / np.maximum(face_size(lms), 1e-6)).astype(np.float32)
 
 
-def mouth_crop_transforms(lms: np.ndarray) -> np.ndarray:
-    """[N, 2, 3] affine maps (image -> crop) centred on the lips, de-rotated by the eye line."""
+def crop_region(region: str) -> tuple[int, int, float]:
+    if region not in CROP_REGIONS:
+        raise InputError(f"unknown mouth crop region {region!r}; choose from {', '.join(CROP_REGIONS)}")
+    return CROP_REGIONS[region]
+
+
+def mouth_crop_transforms(lms: np.ndarray, region: str = "lips") -> np.ndarray:
+    """[N, 2, 3] affine maps (image -> crop) centred on the lips (or below, see CROP_REGIONS),
+    de-rotated by the eye line."""
+    crop_h, crop_w, down = crop_region(region)
     eyes = lms[:, EYE_OUTER_LEFT, :2] - lms[:, EYE_OUTER_RIGHT, :2]
     angle = np.arctan2(eyes[:, 1], eyes[:, 0])
     scale = CROP_W / (CROP_WIDTH_OVER_EYES * np.maximum(np.linalg.norm(eyes, axis=-1), 1e-6))
     centre = lms[:, [MOUTH_LEFT, MOUTH_RIGHT, UPPER_OUTER_LIP, LOWER_OUTER_LIP], :2].mean(axis=1)
+    # "Down" = the eye line turned by +90 degrees (image y grows downwards).
+    centre = centre + down * np.stack([-eyes[:, 1], eyes[:, 0]], axis=-1)
     cos, sin = np.cos(-angle) * scale, np.sin(-angle) * scale
     m = np.zeros((len(lms), 2, 3), np.float64)
     m[:, 0, 0], m[:, 0, 1] = cos, -sin
     m[:, 1, 0], m[:, 1, 1] = sin, cos
-    m[:, 0, 2] = CROP_W / 2 - (cos * centre[:, 0] - sin * centre[:, 1])
-    m[:, 1, 2] = CROP_H / 2 - (sin * centre[:, 0] + cos * centre[:, 1])
+    m[:, 0, 2] = crop_w / 2 - (cos * centre[:, 0] - sin * centre[:, 1])
+    m[:, 1, 2] = crop_h / 2 - (sin * centre[:, 0] + cos * centre[:, 1])
     return m
 
 
-def mouth_crops(frames: Iterable[np.ndarray], lms: np.ndarray) -> np.ndarray:
-    """[N, 48, 96] uint8 grayscale lip crops of RGB ``frames`` (one per landmark row)."""
+def mouth_crops(frames: Iterable[np.ndarray], lms: np.ndarray, region: str = "lips") -> np.ndarray:
+    """[N, H, W] uint8 grayscale mouth crops of RGB ``frames`` (one per landmark row); 48x96 for the
+    default "lips" region (see CROP_REGIONS)."""
     import cv2
 
-    transforms = mouth_crop_transforms(lms)
-    out = np.zeros((len(lms), CROP_H, CROP_W), np.uint8)
+    crop_h, crop_w, _ = crop_region(region)
+    transforms = mouth_crop_transforms(lms, region)
+    out = np.zeros((len(lms), crop_h, crop_w), np.uint8)
     n = 0
     for i, frame in enumerate(progress(frames, "mouth crops", total=len(lms), unit="frame")):
         if i >= len(lms):
             break
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        out[i] = cv2.warpAffine(gray, transforms[i], (CROP_W, CROP_H), flags=cv2.INTER_AREA,
+        out[i] = cv2.warpAffine(gray, transforms[i], (crop_w, crop_h), flags=cv2.INTER_AREA,
                                 borderMode=cv2.BORDER_REPLICATE)
         n += 1
     if n != len(lms):

@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "synctalk.cli.train_cmd", "train the head, lips and torso models of a prepared subject"),
     ("render", "synctalk.cli.render_cmd", "render a trained subject speaking new audio to an mp4"),
     ("evaluate", "synctalk.cli.evaluate_cmd", "measure a trained subject on its test split"),
+    ("run", "synctalk.cli.run_cmd", "one command: prepare, train and render a video speaking new audio"),
     ("sync-score", "synctalk.cli.sync_score_cmd", "offline lip-sync score of any talking video"),
 ]
 

@@ -8,7 +8,8 @@ Per sample x:  f = TriPlaneHashGrid(x) (36-d)
   rgb          = color_net([SH(d), geo, individual_code[frame]])
   uncertainty  = softplus(unc_net(f.detach()))
 The gate norms |A_aud|, |A_expr| are returned per sample so the trainer can composite them into
-the 2-D "ambient" maps that the masked-attention losses read.
+the 2-D "ambient" maps that the masked-attention losses read; |a * A_aud| too (``audio_gated_norm``):
+the gate alone can be shrunk for free by a larger code a, the gated product cannot.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class HeadField(nn.Module):
         expression_gate = F.relu(self.expression_gate(features))
         audio = audio_code.reshape(-1, self.cfg.audio_dim).expand(n, -1)
         expr = expression.reshape(-1, self.cfg.expression_dim).to(features.dtype).expand(n, -1)
-        hidden = self.sigma_net(torch.cat([features, audio * audio_gate, expr * expression_gate], dim=-1))
+        gated_audio = audio * audio_gate
+        hidden = self.sigma_net(torch.cat([features, gated_audio, expr * expression_gate], dim=-1))
         sigma = density_activation(hidden[:, 0])
         geo = hidden[:, 1:]
         index = torch.as_tensor(0 if frame_index is None else frame_index, device=points.device).long()
@@ -131,6 +133,7 @@ class HeadField(nn.Module):
         uncertainty = F.softplus(self.uncertainty_net(features.detach()).float()).squeeze(-1)
         return {"sigma": sigma, "rgb": rgb, "uncertainty": uncertainty,
                 "audio_gate_norm": audio_gate.float().norm(dim=-1),
+                "audio_gated_norm": gated_audio.float().norm(dim=-1),
                 "expression_gate_norm": expression_gate.float().norm(dim=-1)}
 
     def density(self, points: torch.Tensor, audio_code: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:

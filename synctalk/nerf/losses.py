@@ -7,7 +7,8 @@ Head stage, per batch of rays (``progress`` s = step / steps, capped at 1):
     0.01 s u outside it (|e| detached);
   * 1e-4 binary entropy of the accumulated opacity (pushes rays to fully hit or fully miss the head);
   * Face-Sync masked attention, 1e-4 s each: the audio gate's ambient map outside the lower-face rect,
-    the expression gate's ambient map inside it.
+    the expression gate's ambient map inside it (with ``attention_on_gated`` the trainer composites
+    |a * A_aud| instead of |A_aud| into the audio map; the loss itself is the same).
 The original's every-16-steps smoothness term on the uncertainty/ambient outputs is not implemented.
 
 Lip stage: L1 + a perceptual distance on whole lip boxes / random patches (``make_perceptual``).

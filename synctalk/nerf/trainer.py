@@ -33,7 +33,7 @@ from synctalk.nerf.losses import HeadLossWeights, head_losses, make_perceptual
 from synctalk.nerf.presets import TrainConfig
 from synctalk.nerf.render.composite import composite_packed
 from synctalk.nerf.render.occupancy import OccupancyConfig, OccupancyGrid
-from synctalk.nerf.render.raymarch import DEFAULT_DT, march_rays_lattice
+from synctalk.nerf.render.raymarch import march_rays_lattice
 
 log = get_logger("nerf.train")
 
@@ -61,6 +61,31 @@ def _in_boxes(boxes: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.
     return (xs >= boxes[:, 0]) & (xs < boxes[:, 2]) & (ys >= boxes[:, 1]) & (ys < boxes[:, 3])
 
 
+def uniform_randint(high: torch.Tensor | int, n: int, rng: torch.Generator) -> torch.Tensor:
+    """``n`` integers uniform in [0, high) (``high`` scalar or per-element), drawn from ``rng`` on its device."""
+    u = torch.rand(n, device=rng.device, generator=rng)
+    return (u * high).long().clamp_max(torch.as_tensor(high, device=rng.device) - 1)
+
+
+def box_biased_rays(frames: torch.Tensor, boxes: torch.Tensor, rays_per_image: int, box_fraction: float,
+                    size: tuple[int, int], rng: torch.Generator) -> RayBatch:
+    """``rays_per_image`` pixels of each of ``frames``: a ``box_fraction`` share inside the frame's box
+    (``boxes[frame]`` = x0, y0, x1, y1), the rest anywhere in the ``size`` = (H, W) frame. Used by the head
+    and torso trainers; the draw order (box coin, then x, then y) is part of bit-exact resume."""
+    height, width = size
+    slots = torch.arange(frames.shape[0], device=frames.device).repeat_interleave(rays_per_image)
+    ray_frames = frames[slots]
+    box = boxes[ray_frames]
+    in_box = torch.rand(slots.shape[0], device=frames.device, generator=rng) < box_fraction
+    x0 = torch.where(in_box, box[:, 0], 0)
+    y0 = torch.where(in_box, box[:, 1], 0)
+    x1 = torch.where(in_box, box[:, 2], width)
+    y1 = torch.where(in_box, box[:, 3], height)
+    xs = x0 + uniform_randint(x1 - x0, slots.shape[0], rng)
+    ys = y0 + uniform_randint(y1 - y0, slots.shape[0], rng)
+    return RayBatch(ray_frames, slots, xs, ys)
+
+
 class Trainer:
     def __init__(self, data: TrainData, cfg: TrainConfig, workdir: str | Path) -> None:
         self.data, self.cfg, self.workdir = data, cfg, Path(workdir)
@@ -78,6 +103,8 @@ class Trainer:
         self.history: list[dict] = []      # validation records (step, stage, psnr...)
         self.loss_weights = HeadLossWeights(cfg.lambda_entropy, cfg.lambda_attention, cfg.lambda_uncertainty)
         self.autocast = cfg.amp and self.device.type == "cuda"
+        # Per-feature spread of the training audio: the unit of the audio-noise augmentation.
+        self._audio_std = data.audio[data.train_ids].std(dim=0) if cfg.audio_noise > 0 else None
         self._perceptual: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ optimiser
@@ -97,6 +124,8 @@ class Trainer:
     def _set_lr(self, stage_steps: int) -> None:
         decay = self.cfg.lr_decay if self.stage == "head" else self.cfg.lips_lr_decay
         factor = decay ** (self.stage_step / max(stage_steps, 1))
+        if self.stage == "lips":
+            factor *= self.cfg.lips_lr_scale
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
 
@@ -128,6 +157,16 @@ class Trainer:
     def audio_codes(self, frames: torch.Tensor) -> torch.Tensor:
         return self.field.encode_audio(self.data.audio_window(frames)).float()
 
+    def training_audio_codes(self, frames: torch.Tensor) -> torch.Tensor:
+        """Audio codes for a training step: with ``audio_noise`` > 0 the AVE window gets zero-mean Gaussian
+        noise (that many train standard deviations per feature), so the field cannot key frame-specific
+        detail on the exact code of a training frame."""
+        window = self.data.audio_window(frames)
+        if self._audio_std is not None:
+            noise = torch.randn(window.shape, device=self.device, generator=self.rng)
+            window = window + noise * (self.cfg.audio_noise * self._audio_std)
+        return self.field.encode_audio(window).float()
+
     def expressions_of(self, frames: torch.Tensor) -> torch.Tensor:
         """Expression inputs of frames [R] -> [R, 7] (zeros when the config turns them off)."""
         expr = self.data.expressions[frames]
@@ -138,7 +177,7 @@ class Trainer:
         d = self.data
         origins, dirs = d.rays(batch.frames, batch.xs, batch.ys)
         j = torch.rand(origins.shape[0], device=self.device, generator=self.rng) if jitter else None
-        samples = march_rays_lattice(origins, dirs, self.grid, SCENE_AABB, DEFAULT_DT, self.cfg.max_samples,
+        samples = march_rays_lattice(origins, dirs, self.grid, SCENE_AABB, self.cfg.dt, self.cfg.max_samples,
                                      self.cfg.min_near, j)
         ray_ids = samples.ray_indices
         frame_of_sample = batch.frames[ray_ids]
@@ -147,7 +186,8 @@ class Trainer:
             # backward accumulates in a thread-order-dependent sum and breaks bit-exact resume.
             out = self.field(samples.positions, samples.directions, codes.index_select(0, batch.slots[ray_ids]),
                              self.expressions_of(frame_of_sample), frame_of_sample)
-        values = torch.stack([out["rgb"][:, 0], out["rgb"][:, 1], out["rgb"][:, 2], out["audio_gate_norm"],
+        audio_att = out["audio_gated_norm"] if self.cfg.attention_on_gated else out["audio_gate_norm"]
+        values = torch.stack([out["rgb"][:, 0], out["rgb"][:, 1], out["rgb"][:, 2], audio_att,
                               out["expression_gate_norm"], out["uncertainty"]], dim=-1).float()
         _, opacity, acc = composite_packed(out["sigma"].float(), samples.deltas, values, ray_ids, samples.num_rays)
         bg = d.bg[batch.frames, batch.ys, batch.xs].float() / 255.0
@@ -160,8 +200,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling
     def _randint(self, high: torch.Tensor | int, n: int) -> torch.Tensor:
-        u = torch.rand(n, device=self.device, generator=self.rng)
-        return (u * high).long().clamp_max(torch.as_tensor(high, device=self.device) - 1)
+        return uniform_randint(high, n, self.rng)
 
     def _pick_frames(self, n: int) -> torch.Tensor:
         ids = self.data.train_ids
@@ -171,18 +210,8 @@ class Trainer:
         c, d = self.cfg, self.data
         b = c.images_per_step
         frames = self._pick_frames(b)
-        per_image = c.rays_per_step // b
-        slots = torch.arange(b, device=self.device).repeat_interleave(per_image)
-        ray_frames = frames[slots]
-        boxes = d.head_box[ray_frames]
-        in_box = torch.rand(slots.shape[0], device=self.device, generator=self.rng) < c.box_ray_fraction
-        x0 = torch.where(in_box, boxes[:, 0], 0)
-        y0 = torch.where(in_box, boxes[:, 1], 0)
-        x1 = torch.where(in_box, boxes[:, 2], d.width)
-        y1 = torch.where(in_box, boxes[:, 3], d.height)
-        xs = x0 + self._randint(x1 - x0, slots.shape[0])
-        ys = y0 + self._randint(y1 - y0, slots.shape[0])
-        return RayBatch(ray_frames, slots, xs, ys), frames
+        return box_biased_rays(frames, d.head_box, c.rays_per_step // b, c.box_ray_fraction,
+                               (d.height, d.width), self.rng), frames
 
     def _box_rays(self, frame: torch.Tensor, box: torch.Tensor, slot: int) -> RayBatch:
         x0, y0, x1, y1 = (int(v) for v in box)
@@ -222,7 +251,7 @@ class Trainer:
     def head_step(self) -> dict[str, float]:
         batch, frames = self.sample_head_rays()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            codes = self.audio_codes(frames)
+            codes = self.training_audio_codes(frames)
         out = self.render_rays(batch, codes, jitter=True)
         gt = self.gt_of(batch)
         d = self.data
@@ -257,7 +286,7 @@ class Trainer:
             shape = [(c.patch_size, c.patch_size)] * c.lip_patches
             weight = c.lambda_perceptual_patch
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            codes = self.audio_codes(frames)
+            codes = self.training_audio_codes(frames)
         out = self.render_rays(batch, codes, jitter=True)
         gt = self.gt_of(batch)
         loss = (out["rgb"] - gt).abs().mean()
