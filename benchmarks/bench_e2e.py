@@ -209,14 +209,10 @@ def gpu_phase(args: argparse.Namespace) -> None:
 
 
 def write_pcm16k(path: Path, samples: np.ndarray) -> Path:
-    import wave
+    from synctalk.io.audio import write_wav
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    write_wav(path, samples, 16000)
     return path
 
 

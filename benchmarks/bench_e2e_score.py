@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synctalk.errors import InputError, MissingWeightsError
+from synctalk.errors import InputError
 from synctalk.log import get_logger
 
 log = get_logger("bench.e2e.score")
@@ -67,18 +67,16 @@ def sync_of(video: Path) -> dict:
     return sync_metrics(video, None, "cpu")["av_sync"]
 
 
-def lmd_of(preds: np.ndarray, gts: np.ndarray, landmarker) -> dict:
-    """The evaluate module's LMD, plus how many renders the detector finds a face in: LMD fits the render's
-    landmarks inside the ground truth's face box, so a render with no face at all still gets a mean-shape
-    mouth a few px from the truth."""
+def lmd_of(preds: np.ndarray, gts: np.ndarray) -> dict:
+    """The evaluate module's LMD with how many renders the detector finds a face in (LMD fits the render's
+    landmarks inside the ground truth's face box, so a render with no face still scores a few px)."""
     from synctalk.evaluate.run import lmd_metric
 
     out = lmd_metric(preds, gts)
-    result = {"lmd": out.get("lmd"), "lmd_missing": out.get("missing"), "lmd_frames": len(preds)}
+    result = {"lmd": out.get("lmd"), "lmd_missing": out.get("missing"), "lmd_frames": len(preds),
+              "render_faces_found": out.get("render_faces_found")}
     if "unavailable" in out:
         result["unavailable"] = {"lmd": out["unavailable"]}
-    if landmarker is not None:
-        result["render_faces_found"] = sum(landmarker.detect(p) is not None for p in preds)
     return result
 
 
@@ -87,7 +85,6 @@ def score_phase(args: argparse.Namespace) -> dict:
     from synctalk.audio.load import load_driving_audio
     from synctalk.evaluate.run import ground_truth, write_video
     from synctalk.io.atomic import write_json, write_text
-    from synctalk.metrics.lmd import Landmarks68
 
     results, out = Path(args.results), Path(args.out)
     gpu = json.loads((results / "bench_gpu.json").read_text())
@@ -99,11 +96,6 @@ def score_phase(args: argparse.Namespace) -> dict:
     ids = np.arange(start, stop)
     gt_by_size: dict[tuple[int, int], dict[str, np.ndarray]] = {}   # ground truth per render size
     test_wav = load_driving_audio(root / S.AUDIO)[start * 640:stop * 640]
-    try:
-        landmarker = Landmarks68()
-    except MissingWeightsError as e:
-        log.warning("LMD skipped: %s", e)
-        landmarker = None
 
     modes: dict[str, dict] = {}
     rendered: dict[str, list[np.ndarray]] = {}
@@ -119,7 +111,7 @@ def score_phase(args: argparse.Namespace) -> dict:
         gts = gt_by_size[size]["frame" if "portrait" in mode else "plate"]   # as evaluate_subject
         pick = evenly(len(preds), args.lmd_frames)
         log.info("scoring test split, mode %s (%d frames)", mode, len(preds))
-        lmd = lmd_of(np.stack([preds[i] for i in pick]), gts[pick], landmarker)
+        lmd = lmd_of(np.stack([preds[i] for i in pick]), gts[pick])
         video = out / "videos" / f"test_{mode}.mp4"
         write_video(video, preds, test_wav)
         unavailable = {**measured.get("unavailable", {}), **lmd.pop("unavailable", {})}

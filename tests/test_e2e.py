@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from synctalk import e2e
 from synctalk.cli import main
 from synctalk.errors import InputError
+from synctalk.io.audio import write_wav as write_pcm16
 
 CLIP_FRAMES = 75          # 3 s: the shortest video whose test split (7 frames) the audio stage accepts
 DRIVE_SECONDS = 1.2       # 30 rendered frames: rendering is ~0.4 s per frame on a busy CPU core
@@ -23,11 +23,7 @@ FAST = ["--preset", "tiny", "--set", "audio.steps=3", "--set", "head_steps=10", 
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    write_pcm16(path, samples, 16000)
     return path
 
 

@@ -76,6 +76,16 @@ def test_lmd_self_zero_shift_zero_and_different_mouth_positive(frames, landmarke
     assert result.per_frame[0] == 0.0
     assert result.per_frame[1] > 1.5  # frame 20 has a visibly different mouth opening
     assert result.lmd == pytest.approx(result.per_frame.mean())
+    assert result.pred_faces == 2
+
+
+def test_faceless_render_is_scored_in_the_shared_box_but_not_counted_as_a_face(frames, landmarker):
+    # The blind spot pred_faces exists for: a render with no face still gets mouth points fitted in
+    # the ground truth's box, hence a finite LMD; only the detector count reveals it.
+    blank = np.full_like(frames[0], 128)
+    result = evaluate_lmd([blank, frames[0]], [frames[0], frames[0]], landmarker)
+    assert result.missing == 0 and np.isfinite(result.per_frame[0])
+    assert result.pred_faces == 1
 
 
 def test_lmd_faceless_frame_is_counted_missing(frames, landmarker):

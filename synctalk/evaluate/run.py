@@ -163,7 +163,8 @@ def lmd_metric(pred: np.ndarray, gt: np.ndarray) -> dict:
     except MissingWeightsError as e:
         return _unavailable(e)
     r = evaluate_lmd(iter(pred), iter(gt), landmarker, total=len(pred))
-    return {"lmd": r.lmd, "missing": r.missing}
+    # render_faces_found guards the LMD: a shared-box fit scores a few px even on a render with no face.
+    return {"lmd": r.lmd, "missing": r.missing, "render_faces_found": r.pred_faces}
 
 
 def write_video(path: Path, frames, audio: np.ndarray | None) -> None:
@@ -246,6 +247,8 @@ def evaluate_subject(subject_root: str | Path, audios: tuple[str | Path, ...] = 
         metrics = image_metrics(frames, gt, options)
         lmd = lmd_metric(frames, gt)
         metrics["lmd"] = lmd.get("lmd", lmd)
+        if "render_faces_found" in lmd:
+            metrics["render_faces_found"] = lmd["render_faces_found"]
         if can_write:
             video = out / f"test_{mode.replace('+', '_')}.mp4"
             write_video(video, frames, test_audio)
@@ -297,7 +300,7 @@ def _fmt(value, digits: int) -> str:
 
 def format_table(result: dict) -> str:
     """Plain-text table of the per-mode metrics and the cross-driven sync scores."""
-    head = f"{'mode':<16} {'PSNR':>7} {'SSIM':>7} {'HEDVGG':>7} {'LPIPS':>7} {'LMD':>6} {'sync off':>8} {'sync r':>7} {'LSE-C':>6} {'LSE-D':>6}"
+    head = f"{'mode':<16} {'PSNR':>7} {'SSIM':>7} {'HEDVGG':>7} {'LPIPS':>7} {'LMD':>6} {'faces':>6} {'sync off':>8} {'sync r':>7} {'LSE-C':>6} {'LSE-D':>6}"
     lines = [head, "-" * len(head)]
 
     def sync_cols(m: dict) -> str:
@@ -310,7 +313,7 @@ def format_table(result: dict) -> str:
     for mode, m in result["modes"].items():
         lines.append(f"{mode:<16} {_fmt(m['psnr'], 2):>7} {_fmt(m['ssim'], 4):>7} "
                      f"{_fmt(m.get('perceptual_hedvgg', {}), 4):>7} {_fmt(m.get('lpips_alex', {}), 4):>7} "
-                     f"{_fmt(m.get('lmd', {}), 3):>6} {sync_cols(m)}")
+                     f"{_fmt(m.get('lmd', {}), 3):>6} {str(m.get('render_faces_found', 'n/a')):>6} {sync_cols(m)}")
     for name, m in result["cross_driven"].items():
-        lines.append(f"{('audio ' + name)[:16]:<16} {'':>7} {'':>7} {'':>7} {'':>7} {'':>6} {sync_cols(m)}")
+        lines.append(f"{('audio ' + name)[:16]:<16} {'':>7} {'':>7} {'':>7} {'':>7} {'':>6} {'':>6} {sync_cols(m)}")
     return "\n".join(lines)

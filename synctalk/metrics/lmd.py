@@ -121,6 +121,7 @@ class LmdResult:
     lmd: float              # mean over frames where both sets of landmarks exist (nan when none)
     per_frame: np.ndarray   # [N] float64, nan where a face was not found
     missing: int            # frames without landmarks in the prediction or the ground truth
+    pred_faces: int = 0     # predictions in which the detector finds a face on its own (see evaluate_lmd)
 
 
 def evaluate_lmd(preds: Iterable[np.ndarray], gts: Iterable[np.ndarray], landmarker: Landmarks68,
@@ -132,14 +133,20 @@ def evaluate_lmd(preds: Iterable[np.ndarray], gts: Iterable[np.ndarray], landmar
     measured 0.75 px LMD, about the size of the effect measured (consecutive real frames: 1.09 px).
     The HOG box snaps to a coarse grid, so independent boxes add such offsets whenever they differ;
     a shared box removes them for aligned (self-driven) renders. shared_box=False detects in each
-    frame independently, as the original did with FAN (the ground truth's box stays the fallback)."""
+    frame independently, as the original did with FAN (the ground truth's box stays the fallback).
+
+    Because a shared box is fitted even to a render with no face in it (the shape model then returns a
+    mean mouth a few px from the truth), ``pred_faces`` counts the predictions where the detector finds
+    a face by itself: report it beside the LMD, which only means something when that count is high."""
     values: list[float] = []
     missing = 0
+    pred_faces = 0
     for pred, gt in progress(zip(preds, gts), desc="LMD", total=total, unit="frame"):
         if pred.shape != gt.shape:
             raise InputError(f"prediction frame {pred.shape} and ground truth {gt.shape} differ in size")
         gt_box = landmarker.detect(gt)
         gt_lms = landmarker.landmarks(gt, box=gt_box) if gt_box is not None else None
+        pred_faces += landmarker.detect(pred) is not None
         if shared_box:
             pred_lms = landmarker.landmarks(pred, box=gt_box) if gt_box is not None else None
         else:
@@ -153,7 +160,8 @@ def evaluate_lmd(preds: Iterable[np.ndarray], gts: Iterable[np.ndarray], landmar
     found = per_frame[~np.isnan(per_frame)]
     if missing:
         log.warning("LMD: no face in %d of %d frame pairs; they are left out of the mean", missing, len(values))
-    return LmdResult(lmd=float(found.mean()) if found.size else float("nan"), per_frame=per_frame, missing=missing)
+    return LmdResult(lmd=float(found.mean()) if found.size else float("nan"), per_frame=per_frame, missing=missing,
+                     pred_faces=pred_faces)
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
