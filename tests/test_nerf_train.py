@@ -18,17 +18,9 @@ from synctalk.nerf.render.occupancy import OccupancyConfig, OccupancyGrid
 from synctalk.nerf.render.raymarch import march_rays, march_rays_lattice
 from synctalk.nerf.trainer import Trainer
 
+from scenes import look_at_origin
+
 SIZE = 24
-
-
-def look_at_origin(angle: float, distance: float = 2.5) -> np.ndarray:
-    """OpenGL c2w of a camera on a circle in the xz plane looking at the origin."""
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    pose = np.eye(4)
-    pose[:3, :3] = rot
-    pose[:3, 3] = rot @ np.array([0, 0, distance])
-    return pose
 
 
 def synthetic_data(n: int = 6) -> TrainData:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import tempfile
 from pathlib import Path
 
@@ -17,17 +16,9 @@ from synctalk.nerf.presets import preset
 from synctalk.nerf.render_views import render_frame
 from synctalk.nerf.trainer import Trainer
 
+from scenes import look_at_origin
+
 SIZE = 32
-
-
-def look_at_origin(angle: float, distance: float = 2.5) -> np.ndarray:
-    """OpenGL c2w of a camera on a circle in the xz plane looking at the origin."""
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    pose = np.eye(4)
-    pose[:3, :3] = rot
-    pose[:3, 3] = rot @ np.array([0, 0, distance])
-    return pose
 
 
 def synthetic_frames(n: int = 8, size: int = SIZE) -> dict[str, np.ndarray]:
