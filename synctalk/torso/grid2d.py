@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synctalk.nerf.encoding.hashgrid import HashGridConfig, corner_indices, fused_backend_enabled, level_layout
+from synctalk.nerf.encoding.hashgrid import (HashGridConfig, bilinear_level, fused_backend_enabled, level_layout,
+                                             normalise_points)
 
 # The original's "tiled" torso encoder: 16 levels x 2 features, base 16, finest 2048, 2^16 rows.
 TORSO_GRID = HashGridConfig(num_levels=16, features_per_level=2, log2_table_size=16, base_resolution=16,
@@ -26,22 +27,10 @@ def encode_reference(xy: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig)
     Gathers use ``index_select`` on the flat table: its CPU backward is a serial index_add, so resumed
     CPU training stays bit-exact (advanced-indexing backward sums in thread order)."""
     layout = level_layout(cfg)
-    unit = ((xy + cfg.bound) / (2.0 * cfg.bound)).clamp(0.0, 1.0)
-    feats = []
-    for level in range(cfg.num_levels):
-        res, off, size = layout.resolutions[level], layout.offsets[level], layout.sizes[level]
-        pos = unit * (res - 1) + 0.5
-        cell = torch.floor(pos)
-        frac = pos - cell
-        cell = cell.long()
-        value = 0.0
-        for dx in (0, 1):
-            wx = frac[:, 0] if dx else 1.0 - frac[:, 0]
-            for dy in (0, 1):
-                wy = frac[:, 1] if dy else 1.0 - frac[:, 1]
-                rows = off + corner_indices(cell[:, 0] + dx, cell[:, 1] + dy, res, size, layout.dense[level])
-                value = value + (wx * wy)[:, None] * table.index_select(0, rows)
-        feats.append(value)
+    unit = normalise_points(xy, cfg.bound)
+    feats = [bilinear_level(unit, layout, level,
+                            lambda rows, off=layout.offsets[level]: table.index_select(0, off + rows))
+             for level in range(cfg.num_levels)]
     return torch.cat(feats, dim=-1)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -91,6 +92,28 @@ def normalise_points(points: torch.Tensor, bound: float) -> torch.Tensor:
     return ((points + bound) / (2.0 * bound)).clamp(0.0, 1.0)
 
 
+def bilinear_level(uv: torch.Tensor, layout: LevelLayout, level: int,
+                   gather: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Bilinear interpolation of one 2-D grid level: uv [N, 2] in [0, 1] -> [N, F].
+
+    ``gather(rows)`` returns the table rows of this level's cells (``rows`` indexes within the level),
+    so the tri-plane head and the torso's single plane share the lookup and differ only in how they
+    read their tables."""
+    res, size = layout.resolutions[level], layout.sizes[level]
+    pos = uv * (res - 1) + 0.5
+    cell = torch.floor(pos)
+    frac = pos - cell
+    cell = cell.long()
+    value = 0.0
+    for dx in (0, 1):
+        wx = frac[:, 0] if dx else 1.0 - frac[:, 0]
+        for dy in (0, 1):
+            wy = frac[:, 1] if dy else 1.0 - frac[:, 1]
+            rows = corner_indices(cell[:, 0] + dx, cell[:, 1] + dy, res, size, layout.dense[level])
+            value = value + (wx * wy)[:, None] * gather(rows)
+    return value
+
+
 def hashgrid_encode_reference(points: torch.Tensor, embeddings: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
     """Readable reference: points [N, 3] in [-bound, bound], embeddings [3, rows, F] -> [N, 3*L*F].
 
@@ -101,20 +124,9 @@ def hashgrid_encode_reference(points: torch.Tensor, embeddings: torch.Tensor, cf
     for plane, (a, b) in enumerate(PLANE_AXES):
         uv = unit[:, [a, b]]
         for level in range(cfg.num_levels):
-            res, off, size = layout.resolutions[level], layout.offsets[level], layout.sizes[level]
-            pos = uv * (res - 1) + 0.5
-            cell = torch.floor(pos)
-            frac = pos - cell
-            cell = cell.long()
+            off, size = layout.offsets[level], layout.sizes[level]
             level_table = embeddings[plane, off:off + size]
-            value = 0.0
-            for dx in (0, 1):
-                wx = frac[:, 0] if dx else 1.0 - frac[:, 0]
-                for dy in (0, 1):
-                    wy = frac[:, 1] if dy else 1.0 - frac[:, 1]
-                    rows = corner_indices(cell[:, 0] + dx, cell[:, 1] + dy, res, size, layout.dense[level])
-                    value = value + (wx * wy)[:, None] * level_table[rows]
-            features.append(value)
+            features.append(bilinear_level(uv, layout, level, lambda rows, t=level_table: t[rows]))
     return torch.cat(features, dim=-1)
 
 
