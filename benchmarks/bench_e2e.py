@@ -7,7 +7,7 @@ The GPU machine has no PyAV, mediapipe or dlib, so:
   image metrics there with synctalk.evaluate's functions (PSNR, SSIM, the offline perceptual score:
   exact frames, fast on the GPU), render
   the driving clips, and pack the rendered frames as JPEG archives plus ``bench_gpu.json`` into ``--out``
-  (at most 7 files, each < 15.5 MiB, so they come back through the device tool's 8 x 16 MiB).
+  (at most 6 files, 4 archives of < 15 MiB, so they come back through the device tool's 64 MiB).
 * ``--phase score`` (on a CPU machine with dlib + mediapipe + PyAV): unpack, LMD per mode (dlib),
   av_sync per mode and per driving clip (mediapipe), MP4s of the driving clips, one markdown table
   (printed, and written to ``results.md`` / ``results.json``), a contact sheet (GT vs renders) and a few
@@ -55,8 +55,10 @@ MODES: dict[str, tuple[bool, bool, str]] = {
     "torso+portrait": (True, True, "full + portrait"),
 }
 DRIVE_MODE = "torso+portrait"      # what `synctalk run` writes by default
-VOLUME_BYTES = int(15.5 * 2**20)   # each returned file stays under the 16 MiB limit
-MAX_VOLUMES = 6                    # + bench_gpu.json + the log the device command tees = 8 files
+VOLUME_BYTES = int(15 * 2**20)     # each returned file stays under the 16 MiB limit
+# The device returns <= 8 files and <= 64 MiB in all: 4 archives (60 MiB) + bench_gpu.json + the log.
+# (Six 15.5-MiB archives lost the last one to the 64-MiB total in the first run.)
+MAX_VOLUMES = 4
 JPEG_QUALITY = 92
 PROCESS_START = time.perf_counter()
 
@@ -157,18 +159,23 @@ def gpu_phase(args: argparse.Namespace) -> None:
     head, entry = stages.run("head+lips", train_subject, root, cfg, ("head", "lips"))
     entry.update({"train_seconds": {k: v["seconds"] for k, v in head["stages"].items()},
                   "test_psnr": head["test"]["psnr"], "test_psnr_head": head["test"]["psnr_head"]})
-    torso, entry = stages.run("torso", train_torso, root, torso_cfg)
-    entry.update({"train_seconds": torso["train"]["seconds"], "test_psnr": torso["test"]["psnr"],
-                  "test_psnr_head_over_gt_torso": torso["test"]["psnr_head_over_gt_torso"]})
+    if not args.no_torso:
+        torso, entry = stages.run("torso", train_torso, root, torso_cfg)
+        entry.update({"train_seconds": torso["train"]["seconds"], "test_psnr": torso["test"]["psnr"],
+                      "test_psnr_head_over_gt_torso": torso["test"]["psnr_head_over_gt_torso"]})
+    modes = {m: v for m, v in MODES.items() if not (args.no_torso and v[0])}
+    drive_mode = "portrait" if args.no_torso else DRIVE_MODE
+    crop = face_crop(sub, args.drive_crop) if args.drive_crop else None
 
     staging = work / "jpeg"
     ids = np.arange(sub.split.n_train, sub.n_frames)
-    facts.update({"test_ids": [int(ids[0]), int(ids[-1]) + 1], "modes": {}, "drive": {}})
+    facts.update({"test_ids": [int(ids[0]), int(ids[-1]) + 1], "modes": {}, "drive": {},
+                  "drive_mode": drive_mode, "drive_crop": list(crop) if crop else None})
     # The evaluate module's own steps (synctalk/evaluate/run.py), minus its lossless PNGs, which are too
     # large to bring back: render each mode in memory, score it against the same ground truth.
     eval_options = EvaluateOptions(device=device)
     targets = None
-    for mode, (_, portrait, _) in MODES.items():
+    for mode, (_, portrait, _) in modes.items():
         if stages.elapsed() > args.deadline:
             facts["modes"][mode] = {"skipped": f"past the {args.deadline:.0f}-s deadline"}
             continue
@@ -184,7 +191,8 @@ def gpu_phase(args: argparse.Namespace) -> None:
                                 "render_seconds": entry["seconds"]}
         log.info("%s: PSNR %.2f dB, SSIM %.4f, perceptual %s", mode, metrics["psnr"], metrics["ssim"],
                  metrics.get("perceptual_hedvgg"))
-        to_jpeg(preds, staging / f"test_{mode}")
+        if crop is None:
+            to_jpeg(preds, staging / f"test_{mode}")
         stages.save()
 
     for wav in wavs:
@@ -195,17 +203,37 @@ def gpu_phase(args: argparse.Namespace) -> None:
         shutil.rmtree(frames_dir, ignore_errors=True)
         audio_path = wav if not args.max_audio_seconds else _clip_audio(wav, args.max_audio_seconds, work)
         info, entry = stages.run(f"drive {wav.stem}", render_audio, root, audio_path, None, RenderOptions(
-            torso=MODES[DRIVE_MODE][0], portrait=MODES[DRIVE_MODE][1], frames_dir=frames_dir, device=device))
+            torso=MODES[drive_mode][0], portrait=MODES[drive_mode][1], frames_dir=frames_dir, device=device))
         facts["drive"][wav.stem] = {"frames": info["frames"], "audio_seconds": info["audio_seconds"],
                                     "fps": info["fps"], "render_seconds": info["render_seconds"],
                                     "setup_seconds": info["setup_seconds"], "mode": info["mode"],
                                     "peak_gib": entry.get("peak_gib")}
-        to_jpeg(read_pngs(frames_dir), staging / f"drive_{wav.stem}")
+        frames = read_pngs(frames_dir)
+        if crop is not None and frames:
+            k = frames[0].shape[0] / sub.size[0]   # the render may be smaller than the subject (tiny)
+            y0, x0, size = (int(round(v * k)) for v in crop)
+            frames = [f[y0:y0 + size, x0:x0 + size] for f in frames]
+        to_jpeg(frames, staging / f"drive_{wav.stem}")
         shutil.rmtree(frames_dir)
         stages.save()
     facts["archives"] = pack_volumes(staging, out)
     stages.save()
     log.info("GPU phase done in %.0f s; %d archives in %s", stages.elapsed(), len(facts["archives"]), out)
+
+
+def face_crop(sub, size: int) -> tuple[int, int, int]:
+    """(y0, x0, size) in subject pixels: a square of ``size`` px centred on the parsed face of the first frame."""
+    from synctalk import subject as S
+    from synctalk.prepare.maskcodec import MaskReader
+
+    with MaskReader(sub.path(S.PARSING)) as reader:
+        labels = reader[0]
+    ys, xs = np.nonzero(labels == S.LABEL_FACE)
+    h, w = labels.shape
+    size = min(size, h, w)
+    y0 = int(np.clip((ys.min() + ys.max()) // 2 - size // 2, 0, h - size))
+    x0 = int(np.clip((xs.min() + xs.max()) // 2 - size // 2, 0, w - size))
+    return y0, x0, size
 
 
 def write_pcm16k(path: Path, samples: np.ndarray) -> Path:
@@ -297,6 +325,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="gpu: training override, as `synctalk train --set` (torso.FIELD for the torso)")
     p.add_argument("--max-frames", type=int, default=None, help="gpu: train on the first N frames only")
+    p.add_argument("--no-torso", action="store_true",
+                   help="gpu: skip the torso stage and its modes; driving clips in head+portrait (sweeps)")
+    p.add_argument("--drive-crop", type=int, default=0, metavar="PX",
+                   help="gpu: return only a PX-square crop around the face of each driving-clip frame and no "
+                        "test frames (enough for av_sync; several variants then fit in one return)")
     p.add_argument("--max-audio-seconds", type=float, default=None, help="gpu: cut the driving clips (smoke)")
     p.add_argument("--deadline", type=float, default=540.0,
                    help="gpu: seconds after which no further driving clip is started (default 540)")

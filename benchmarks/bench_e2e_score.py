@@ -252,7 +252,7 @@ def render_markdown(report: dict) -> str:
     notes += [f"{metric} n/a ({', '.join(ms)}): {reason}" for (metric, reason), ms in missing.items()]
     lines += ["", "Render FPS (test split) = frames / the whole in-memory render of the mode (model and frame "
                   "loading included).", "",
-              "**Driving clips** (cross-driven, mode torso+portrait). FPS: render loop, and the whole render call "
+              "**Driving clips** (cross-driven, mode " + gpu.get("drive_mode", "torso+portrait") + "). FPS: render loop, and the whole render call "
               "(model and frame loading, audio features, PNG writing included).", "",
               "| clip | seconds | frames | FPS (loop) | FPS (whole call) | av_sync offset | av_sync r | "
               "silent frames closed |", "|---|---|---|---|---|---|---|---|"]

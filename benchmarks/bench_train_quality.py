@@ -2,11 +2,16 @@
 
     PYTHONPATH=. python3 benchmarks/bench_train_quality.py --subject .carry/anchor --out "$OUT" \
         [--holdout 0.05] [--analyse .carry/nerf_ws] --variant base: --variant big:rays_per_step=131072,...
+    ... --stages head,lips --light --variant base: --lips-variant default: --lips-variant lr01:lips_lr_scale=0.1
 
 ``--analyse WORKSPACE`` evaluates an already trained workspace (its ``checkpoints/lips`` or ``head``)
-before any variant. Each ``--variant NAME:FIELD=VALUE,...`` trains ``--stages`` (default: head) from
-scratch (``--preset`` plus the overrides) on the same device-resident data. Every model is reported
-with its EMA weights and individual code 0 (the original's test path):
+before any variant. Each ``--variant NAME:FIELD=VALUE,...`` trains the head stage from scratch
+(``--preset`` plus the overrides) on the same device-resident data. With ``--stages head,lips`` the
+head model is evaluated too (row NAME), its full training state is kept, and every ``--lips-variant
+LNAME:FIELD=VALUE,...`` (default: one ``default:``) trains the lip stage from that same head state
+(row NAME+LNAME, settings = the head's overrides plus its own), so what the lip stage costs or gains is
+measured on one head. Every model is reported with its EMA weights and individual code 0 (the
+original's test path); ``--light`` keeps only ``val`` and ``test``:
   * ``val``: the held-out last ``--holdout`` share of the train split (not trained on; tune on this);
   * ``test``: every test frame (or ``--test-frames`` evenly spaced ones), whole frame and head only,
     plus where the test error sits (``regions``: share of the squared error and PSNR per region);
@@ -110,12 +115,13 @@ def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path |
     return result
 
 
-def report_model(trainer, sets: dict, out: Path | None) -> dict:
+def report_model(trainer, sets: dict, out: Path | None, light: bool = False) -> dict:
     import numpy as np
 
     from synctalk.nerf.render_views import save_png
 
     row: dict = {}
+    started = time.perf_counter()
     test = evaluate(trainer, sets["test"], regions=True, save_dir=out, save_first=3 if out else 0)
     err_map = test.pop("error_map")
     if out is not None:
@@ -124,6 +130,9 @@ def report_model(trainer, sets: dict, out: Path | None) -> dict:
     row["test"] = test
     if sets["val"]:
         row["val"] = evaluate(trainer, sets["val"])
+    if light:
+        row["eval_seconds"] = time.perf_counter() - started
+        return row
     row["train16"] = evaluate(trainer, sets["train16"])
     test32 = sets["test32"]
     row["test32"] = evaluate(trainer, test32)
@@ -137,6 +146,7 @@ def report_model(trainer, sets: dict, out: Path | None) -> dict:
         row["test32_mean_audio"] = evaluate(trainer, test32)
     finally:
         trainer.audio_codes = real
+    row["eval_seconds"] = time.perf_counter() - started
     return row
 
 
@@ -147,7 +157,10 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], help="NAME:FIELD=VALUE,... (repeatable)")
     ap.add_argument("--analyse", type=Path, default=None, help="a trained workspace to evaluate first")
     ap.add_argument("--holdout", type=float, default=0.05, help="last share of the train split kept out")
-    ap.add_argument("--stages", default="head")
+    ap.add_argument("--stages", default="head", choices=("head", "head,lips"))
+    ap.add_argument("--lips-variant", action="append", default=[],
+                    help="LNAME:FIELD=VALUE,... lip stage(s) trained from each head (default: default:)")
+    ap.add_argument("--light", action="store_true", help="report only val and test (faster)")
     ap.add_argument("--test-frames", type=int, default=0, help="0 = every test frame")
     ap.add_argument("--preset", default="fast", help="tiny + --device cpu: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
@@ -157,6 +170,7 @@ def main() -> int:
 
     import torch
 
+    from synctalk.io.atomic import write_text
     from synctalk.log import setup_logging
     from synctalk.nerf import checkpoint as ckpt
     from synctalk.nerf.data import load_subject
@@ -194,37 +208,58 @@ def main() -> int:
         first_pngs = False
         report["models"]["analysed"] = row
         print(json.dumps({"analysed": row}), flush=True)
-        json_path.write_text(json.dumps(report, indent=1))
+        write_text(json_path, json.dumps(report, indent=1))  # atomic: a timeout kill keeps the last json
         del trainer
 
     if n_val:  # trained variants never see the validation slice
         data.train_ids = data.train_ids[:len(train_ids) - n_val]
-    for spec in args.variant:
-        name, items = parse_variant(spec)
-        cfg = preset(args.preset, **parse_overrides(items))
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(data, cfg, Path("/tmp/quality_work") / name)
-        row = {"overrides": items, "stages": {}, "curve": []}
+    lips_specs = [parse_variant(v) for v in (args.lips_variant or ["default:"])] if "lips" in args.stages else []
+    work = Path("/tmp/quality_work") / args.tag
 
-        def on_validate(t, row=row) -> None:  # every val_every steps: a learning curve on val / test32
+    def finish(name: str, trainer, row: dict) -> None:
+        """Evaluate ``trainer`` into ``row``, record it under ``name`` and rewrite the json."""
+        nonlocal first_pngs
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+        row.update(report_model(trainer, sets, args.out / f"{args.tag}_{name}" if first_pngs else None,
+                                light=args.light))
+        first_pngs = False
+        report["models"][name] = row
+        print(json.dumps({name: row}), flush=True)
+        write_text(json_path, json.dumps(report, indent=1))  # atomic: a timeout kill keeps the last json
+
+    def train(trainer, stage: str, row: dict, name: str) -> None:
+        def on_validate(t) -> None:  # every val_every steps: a learning curve on val / test32
             point = {"stage": t.stage, "step": t.stage_step, "test32": evaluate(t, sets["test32"])["psnr"]}
             if sets["val"]:
                 point["val"] = evaluate(t, sets["val"])["psnr"]
             row["curve"].append(point)
             print(json.dumps({name: point}), flush=True)
 
-        for stage in args.stages.split(","):
-            stats = trainer.train_stage(stage, on_validate if args.curve else None)
-            row["stages"][stage] = {"seconds": stats["seconds"], "steps_per_s": stats["steps_per_s"],
-                                    "rays_per_s": stats["rays_per_s"]}
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
-        row.update(report_model(trainer, sets, args.out / f"{args.tag}_{name}" if first_pngs else None))
-        first_pngs = False
-        report["models"][name] = row
-        print(json.dumps({name: row}), flush=True)
-        json_path.write_text(json.dumps(report, indent=1))
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        stats = trainer.train_stage(stage, on_validate if args.curve else None)
+        row["stages"][stage] = {"seconds": stats["seconds"], "steps_per_s": stats["steps_per_s"],
+                                "rays_per_s": stats["rays_per_s"]}
+
+    for spec in args.variant:
+        name, items = parse_variant(spec)
+        trainer = Trainer(data, preset(args.preset, **parse_overrides(items)), work / name)
+        row = {"overrides": items, "stages": {}, "curve": []}
+        train(trainer, "head", row, name)
+        finish(name, trainer, row)
+        if lips_specs:
+            head_state = work / name / "head"  # every lip variant starts from this exact state
+            trainer.save(head_state)
         del trainer
+        for lips_name, lips_items in lips_specs:
+            both = f"{name}+{lips_name}"
+            trainer = Trainer(data, preset(args.preset, **parse_overrides(items + lips_items)), work / both)
+            trainer.load(head_state)
+            row = {"head": name, "overrides": items + lips_items, "lips_overrides": lips_items,
+                   "stages": {}, "curve": []}
+            train(trainer, "lips", row, both)
+            finish(both, trainer, row)
+            del trainer
         if on_gpu:
             torch.cuda.empty_cache()
     return 0

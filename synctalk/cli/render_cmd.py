@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", metavar="DIR", help="also write every frame as PNG into DIR")
     p.add_argument("--workspace", help="model folder (default SUBJECT/workspace/nerf)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
-    p.add_argument("--batch", type=int, default=8, help="frames per render batch (default 8)")
+    p.add_argument("--batch", type=int, default=16, help="frames per render batch (default 16)")
     p.add_argument("--max-samples", type=int, default=32,
                    help="samples per ray (default 32; 0 = the training cap of 16, the exact reference render)")
     p.add_argument("--allow-silent", action="store_true", help="accept an all-silent audio file (closed mouth)")
@@ -47,5 +47,7 @@ def run(args: argparse.Namespace) -> int:
     info = render_audio(args.subject, None if args.test else args.audio, out, options, workspace=args.workspace)
     where = info["out"] or info["frames_dir"]
     print(f"{where}: {info['frames']} frames ({info['audio_seconds']:.2f} s of audio, {info['mode']}) "
-          f"in {info['seconds']:.1f} s on {info['device']}")
+          f"in {info['seconds']:.1f} s on {info['device']} (load {info['load_model_seconds']:.1f} s, audio + frames "
+          f"{info['setup_seconds'] - info['load_model_seconds']:.1f} s, render {info['render_seconds']:.1f} s, "
+          f"finish {info['finish_output_seconds']:.1f} s)")
     return 0

@@ -150,15 +150,21 @@ def landmark_boxes(lms: np.ndarray, height: int, width: int) -> dict[str, np.nda
 
 def mask_boxes(head: np.ndarray, margin: float) -> np.ndarray:
     """[N, H, W] masks -> [N, 4] float boxes grown by ``margin`` of their size; empty masks -> whole frame."""
-    n, h, w = head.shape
-    rows = head.any(axis=2)
-    cols = head.any(axis=1)
-    boxes = np.tile(np.array([0.0, 0.0, w, h]), (n, 1))
-    for i in range(n):
-        r, c = np.nonzero(rows[i])[0], np.nonzero(cols[i])[0]
-        if r.size and c.size:
-            bw, bh = c[-1] + 1 - c[0], r[-1] + 1 - r[0]
-            boxes[i] = [c[0] - margin * bw, r[0] - margin * bh, c[-1] + 1 + margin * bw, r[-1] + 1 + margin * bh]
+    return boxes_from_profiles(head.any(axis=2), head.any(axis=1), margin)
+
+
+def boxes_from_profiles(rows: np.ndarray, cols: np.ndarray, margin: float) -> np.ndarray:
+    """``mask_boxes`` from the masks' row / column occupancy ([N, H] and [N, W] bool, i.e. ``any`` over
+    the other axis), so a caller can reduce the masks where they live (e.g. on the GPU) first."""
+    rows, cols = np.asarray(rows, dtype=bool), np.asarray(cols, dtype=bool)
+    n, h = rows.shape
+    w = cols.shape[1]
+    r0, r1 = rows.argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)   # first row, last row + 1
+    c0, c1 = cols.argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
+    bw, bh = (c1 - c0).astype(np.float64), (r1 - r0).astype(np.float64)
+    boxes = np.stack([c0 - margin * bw, r0 - margin * bh, c1 + margin * bw, r1 + margin * bh], axis=1)
+    empty = ~(rows.any(axis=1) & cols.any(axis=1))
+    boxes[empty] = [0.0, 0.0, w, h]
     return boxes
 
 

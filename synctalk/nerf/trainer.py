@@ -271,7 +271,8 @@ class Trainer:
 
     def lips_step(self) -> dict[str, float]:
         """Alternates a whole lip box of one frame (L1 + 0.01 P) and random patches around the lips of
-        several frames (L1 + 0.1 P), P the perceptual distance (original §2.8)."""
+        several frames (L1 + 0.1 P), P the perceptual distance (original §2.8); with ``lips_anchor_rays``
+        plus an L1 term on that many head-stage rays."""
         c, d = self.cfg, self.data
         perceptual = self.perceptual()
         if self.stage_step % 2 == 0:
@@ -295,9 +296,23 @@ class Trainer:
             pred_img = out["rgb"].reshape(len(shape), h, w, 3).permute(0, 3, 1, 2)
             gt_img = gt.reshape(len(shape), h, w, 3).permute(0, 3, 1, 2)
             loss = loss + weight * perceptual(pred_img, gt_img).mean()
+        if c.lips_anchor_rays > 0:
+            loss = loss + self._anchor_l1()
         self._backward(loss)
         mse = ((out["rgb"].detach() - gt) ** 2).mean()
         return {"loss": loss.detach(), "mse": mse, "rays": batch.xs.shape[0], "samples": out["samples"]}
+
+    def _anchor_l1(self) -> torch.Tensor:
+        """Plain L1 on ``lips_anchor_rays`` rays drawn as in a head step (after the lip batch's draws, so
+        the lip stage's random stream is unchanged when the option is off)."""
+        c, d = self.cfg, self.data
+        frames = self._pick_frames(c.images_per_step)
+        batch = box_biased_rays(frames, d.head_box, max(c.lips_anchor_rays // c.images_per_step, 1),
+                                c.box_ray_fraction, (d.height, d.width), self.rng)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            codes = self.training_audio_codes(frames)
+        out = self.render_rays(batch, codes, jitter=True)
+        return (out["rgb"] - self.gt_of(batch)).abs().mean()
 
     def _backward(self, loss: torch.Tensor) -> None:
         # Checked before the update so a NaN never reaches the weights (one host sync per step, which

@@ -36,7 +36,7 @@ class RenderOptions:
     blink: str = "auto"              # auto | none
     frames_dir: str | Path | None = None
     device: str = "auto"
-    batch: int = 8
+    batch: int = 16
     test: bool = False               # render the test split with its own audio (audio_path is ignored)
     allow_silent: bool = False
     max_samples: int | None = 32     # samples per ray (None: the training cap, 16; see session.RENDER_MAX_SAMPLES)
@@ -108,16 +108,21 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
         wav = load_driving_audio(audio_path, allow_silent=options.allow_silent)  # fail fast, before the model
     session = RenderSession(subject_root, workspace, options.device, options.torso, options.portrait,
                             max_samples=options.max_samples)
+    loaded = time.perf_counter()
     if options.test:
         frame_ids, c2w, expressions, features, code_frames, wav = _test_inputs(session)
+        session.load_frames(frame_ids)
     else:
         n = n_video_frames(wav.size)
-        features = driving_features(session, wav, n)
         track = build_track(session.c2w_nerf, session.expressions, session.n_track, n, options.pose,
                             options.smoothing, options.blink)
         frame_ids, c2w, expressions = track.frame_ids, track.c2w, track.expressions
         code_frames = np.arange(n, dtype=np.int64)
-    session.load_frames(frame_ids)
+        # Decoding the walked frames (CPU, video decoder threads) overlaps loading the GPU kernels and
+        # the audio features.
+        first_pose = torch.from_numpy(c2w[0]).to(session.device)
+        features = _alongside([lambda: session.load_frames(frame_ids), lambda: session.engine.warm_up(first_pose)],
+                              lambda: driving_features(session, wav, n))
     paster = None
     if options.portrait and session.subject.manifest.get("crop"):
         from synctalk.render.fullres import FullResPaster
@@ -131,18 +136,47 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
     with FrameSink(mp4, frames_dir, FPS, wav, SAMPLE_RATE) as sink:
         _run(session, frame_ids, c2w, expressions, features, code_frames, options.batch, sink, paster)
         rendered = time.perf_counter()
-    seconds = time.perf_counter() - started
+    finished = time.perf_counter()
+    seconds = finished - started
     n = len(frame_ids)
     info = {"frames": n, "seconds": seconds, "fps": n / max(seconds, 1e-9), "out": str(mp4) if mp4 else None,
             "frames_dir": str(frames_dir) if frames_dir else None, "mode": session.mode,
             "audio_seconds": wav.size / SAMPLE_RATE, "setup_seconds": prepared - started,
-            "render_seconds": rendered - prepared, "device": str(session.device),
+            "load_model_seconds": loaded - started, "render_seconds": rendered - prepared,
+            "finish_output_seconds": finished - rendered, "device": str(session.device),
             "full_resolution": paster is not None,
             "model": session.model.path.name, "options": {k: str(v) if isinstance(v, Path) else v
                                                           for k, v in asdict(options).items()}}
     log.info("rendered %d frames (%s) in %.1f s (%.1f frames/s overall) -> %s", n, session.mode, seconds,
              info["fps"], mp4 or frames_dir)
     return info
+
+
+def _alongside(background: list, work):
+    """Run ``work()`` on this thread while each callable in ``background`` runs on its own thread;
+    returns ``work()``'s result once all are done (the first error of any is raised here)."""
+    import threading
+
+    failure: list[BaseException] = []
+
+    def guarded(fn) -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised on the caller's thread
+            failure.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(fn,), name="synctalk-start-up", daemon=True)
+               for fn in background]
+    for thread in threads:
+        thread.start()
+    try:
+        result = work()
+    finally:
+        for thread in threads:
+            thread.join()
+    if failure:
+        raise failure[0]
+    return result
 
 
 def _test_inputs(session: RenderSession):

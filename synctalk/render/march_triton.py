@@ -19,7 +19,7 @@ BLOCK_RAYS = 128
 
 
 @triton.jit
-def _march_kernel(origins_ptr, dirs_ptr, near_ptr, far_ptr, k0_ptr, occ_ptr, t_out_ptr, count_ptr,
+def _march_kernel(origins_ptr, dirs_ptr, near_ptr, far_ptr, k0_ptr, occ_ptr, t_out_ptr, count_ptr, k_last_ptr,
                   n_rays, n_steps, dt, box_lo_x, box_lo_y, box_lo_z, box_hi_x, box_hi_y, box_hi_z,
                   inv_cell_x, inv_cell_y, inv_cell_z, RES: tl.constexpr, MAX_SAMPLES: tl.constexpr,
                   BLOCK: tl.constexpr):
@@ -35,6 +35,7 @@ def _march_kernel(origins_ptr, dirs_ptr, near_ptr, far_ptr, k0_ptr, occ_ptr, t_o
     far = tl.load(far_ptr + rays, mask=live, other=0.0)
     k0 = tl.load(k0_ptr + rays, mask=live, other=0)
     count = tl.zeros((BLOCK,), tl.int32)
+    k_last = tl.zeros((BLOCK,), tl.int32) - 1
     for step in range(0, n_steps):
         k = (k0 + step).to(tl.float32)
         t = near + dt * k
@@ -51,24 +52,29 @@ def _march_kernel(origins_ptr, dirs_ptr, near_ptr, far_ptr, k0_ptr, occ_ptr, t_o
         take = want & (occ != 0)
         tl.store(t_out_ptr + rays * MAX_SAMPLES + count, t, mask=take)
         count += take.to(tl.int32)
+        k_last = tl.where(take, k0 + step, k_last)
     tl.store(count_ptr + rays, count, mask=live)
+    tl.store(k_last_ptr + rays, k_last, mask=live)
 
 
 def march_fused(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
                 k_start: torch.Tensor, occupied_u8: torch.Tensor, box_min: torch.Tensor, box_max: torch.Tensor,
-                cell: torch.Tensor, dt: float, n_steps: int, max_samples: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (t [R, max_samples] (valid where column < count), count [R] int32)."""
+                cell: torch.Tensor, dt: float, n_steps: int, max_samples: int, resolution: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (t [R, max_samples] (valid where column < count), count [R] int32, lattice index of the last
+    sample taken [R] int32, -1 where none: the next round of marching starts after it)."""
     n = origins.shape[0]
     t_out = torch.empty(n, max_samples, device=origins.device, dtype=torch.float32)
     count = torch.empty(n, device=origins.device, dtype=torch.int32)
+    k_last = torch.empty(n, device=origins.device, dtype=torch.int32)
     if n == 0:
-        return t_out, count
+        return t_out, count, k_last
     lo = [float(v) for v in box_min.tolist()]
     hi = [float(v) for v in box_max.tolist()]
     inv = [1.0 / float(v) for v in cell.tolist()]
     grid = (triton.cdiv(n, BLOCK_RAYS),)
     _march_kernel[grid](origins.contiguous(), dirs.contiguous(), near.contiguous(), far.contiguous(),
-                        k_start.to(torch.int32).contiguous(), occupied_u8, t_out, count, n, n_steps, dt,
+                        k_start.to(torch.int32).contiguous(), occupied_u8, t_out, count, k_last, n, n_steps, dt,
                         *lo, *hi, *inv, RES=resolution, MAX_SAMPLES=max_samples,
                         BLOCK=BLOCK_RAYS)
-    return t_out, count
+    return t_out, count, k_last
