@@ -57,6 +57,15 @@ class RayBatch:
     ys: torch.Tensor       # [R] pixel row
 
 
+def loop_summary(stats: dict, start: float, steps: int, rays: int) -> dict:
+    """``stats`` (the last progress values) plus the whole loop's wall time and throughput; the head, lip
+    and torso training loops report the same keys."""
+    elapsed = time.perf_counter() - start
+    stats.update({"seconds": elapsed, "steps": steps, "steps_per_s": steps / max(elapsed, 1e-9),
+                  "rays_per_s": rays / max(elapsed, 1e-9)})
+    return stats
+
+
 def _in_boxes(boxes: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     return (xs >= boxes[:, 0]) & (xs < boxes[:, 2]) & (ys >= boxes[:, 1]) & (ys < boxes[:, 3])
 
@@ -369,11 +378,7 @@ class Trainer:
                                               or self.stage_step == total):
                 on_checkpoint(self)
         bar.close()
-        elapsed = time.perf_counter() - start
-        steps = self.stage_step - first
-        stats.update({"seconds": elapsed, "steps": steps, "steps_per_s": steps / max(elapsed, 1e-9),
-                      "rays_per_s": rays / max(elapsed, 1e-9)})
-        return stats
+        return loop_summary(stats, start, self.stage_step - first, rays)
 
     # ------------------------------------------------------------------ state
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from synctalk.log import get_logger
 from synctalk.nerf import checkpoint as ckpt
 from synctalk.nerf.data import SceneTransform, TrainData, load_subject, mask_boxes
 from synctalk.nerf.train_run import config_from_checkpoint
-from synctalk.nerf.trainer import RayBatch, Trainer, box_biased_rays, uniform_randint
+from synctalk.nerf.trainer import RayBatch, Trainer, box_biased_rays, loop_summary, uniform_randint
 from synctalk.torso.field import TorsoField, TorsoFieldConfig, binary_entropy, normalised_pixel_centres
 from synctalk.torso.presets import TorsoConfig
 
@@ -222,11 +222,7 @@ class TorsoTrainer:
             if on_checkpoint is not None and (self.step % c.checkpoint_every == 0 or self.step == c.steps):
                 on_checkpoint(self)
         bar.close()
-        elapsed = time.perf_counter() - start
-        steps = self.step - first
-        stats.update({"seconds": elapsed, "steps": steps, "steps_per_s": steps / max(elapsed, 1e-9),
-                      "rays_per_s": rays / max(elapsed, 1e-9)})
-        return stats
+        return loop_summary(stats, start, self.step - first, rays)
 
     # ------------------------------------------------------------------ state
     def save(self, stem: Path) -> None:
