@@ -215,12 +215,14 @@ class Trainer:
         ids = self.data.train_ids
         return ids[self._randint(len(ids), n)]
 
-    def sample_head_rays(self) -> tuple[RayBatch, torch.Tensor]:
+    def sample_head_rays(self, rays: int | None = None) -> tuple[RayBatch, torch.Tensor]:
+        """``rays`` (default ``rays_per_step``) spread over ``images_per_step`` frames, mostly in head boxes."""
         c, d = self.cfg, self.data
         b = c.images_per_step
         frames = self._pick_frames(b)
-        return box_biased_rays(frames, d.head_box, c.rays_per_step // b, c.box_ray_fraction,
-                               (d.height, d.width), self.rng), frames
+        per_image = max((c.rays_per_step if rays is None else rays) // b, 1)
+        return box_biased_rays(frames, d.head_box, per_image, c.box_ray_fraction, (d.height, d.width),
+                               self.rng), frames
 
     def _box_rays(self, frame: torch.Tensor, box: torch.Tensor, slot: int) -> RayBatch:
         x0, y0, x1, y1 = (int(v) for v in box)
@@ -314,10 +316,7 @@ class Trainer:
     def _anchor_l1(self) -> torch.Tensor:
         """Plain L1 on ``lips_anchor_rays`` rays drawn as in a head step (after the lip batch's draws, so
         the lip stage's random stream is unchanged when the option is off)."""
-        c, d = self.cfg, self.data
-        frames = self._pick_frames(c.images_per_step)
-        batch = box_biased_rays(frames, d.head_box, max(c.lips_anchor_rays // c.images_per_step, 1),
-                                c.box_ray_fraction, (d.height, d.width), self.rng)
+        batch, frames = self.sample_head_rays(self.cfg.lips_anchor_rays)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             codes = self.training_audio_codes(frames)
         out = self.render_rays(batch, codes, jitter=True)

@@ -141,7 +141,7 @@ def shade_packed_reference(packed: PackedField, features: torch.Tensor, dirs: to
     raw = rnd(x @ packed.sigma_out)
     sigma = torch.exp(raw.clamp(max=MAX_LOG_DENSITY))
     geo = rnd(mm(x, packed.geo_out))
-    sh = rnd(sh_encode(dirs.float(), 4 if d["sh"] == 16 else int(d["sh"] ** 0.5)))
+    sh = rnd(sh_encode(dirs.float(), round(d["sh"] ** 0.5)))
     c = mm(sh, packed.colour_sh) + mm(geo, packed.colour_geo) + packed.colour_bias
     c = rnd(torch.relu(c))
     out = rnd(mm(c, packed.colour_out))[:, :3]

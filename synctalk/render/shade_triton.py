@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from synctalk.nerf.encoding import sh as _sh
 from synctalk.nerf.field import MAX_LOG_DENSITY
 from synctalk.render.shade import PackedField
 
@@ -22,18 +23,11 @@ from synctalk.render.shade import PackedField
 BLOCK = 128
 NUM_WARPS = 4
 
-# SH constants (synctalk.nerf.encoding.sh), as constexpr so the JIT can read them.
-_C0 = tl.constexpr(0.28209479177387814)
-_C1 = tl.constexpr(0.48860251190291987)
-_C20 = tl.constexpr(1.0925484305920792)
-_C21 = tl.constexpr(0.94617469575755997)
-_C22 = tl.constexpr(0.31539156525251999)
-_C23 = tl.constexpr(0.54627421529603959)
-_C30 = tl.constexpr(0.59004358992664352)
-_C31 = tl.constexpr(2.8906114426405538)
-_C32 = tl.constexpr(0.45704579946446572)
-_C33 = tl.constexpr(0.3731763325901154)
-_C34 = tl.constexpr(1.4453057213202769)
+# The SH basis constants of synctalk.nerf.encoding.sh, as constexpr so the JIT can read them.
+_C0 = tl.constexpr(_sh._C0)
+_C1 = tl.constexpr(_sh._C1)
+_C20, _C21, _C22, _C23 = (tl.constexpr(c) for c in _sh._C2)
+_C30, _C31, _C32, _C33, _C34 = (tl.constexpr(c) for c in _sh._C3)
 
 
 @triton.jit
