@@ -19,6 +19,7 @@ from synctalk import subject as S
 from synctalk.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
 from synctalk.errors import InputError
 from synctalk.log import get_logger, progress
+from synctalk.render.output import rgb_to_yuv420
 from synctalk.render.session import RenderSession
 from synctalk.render.track import BLINK_MODES, POSE_MODES, build_track
 
@@ -79,10 +80,17 @@ def _run(session: RenderSession, frame_ids: np.ndarray, c2w: np.ndarray, express
     exp_t = torch.from_numpy(expressions).to(dev)
     code_t = torch.from_numpy(code_frames).to(dev)
     n = len(frame_ids)
+    h, w = session.size
+    # Colour conversion on the device when the sink encodes yuv420p itself (synctalk.render.output).
+    yuv = paster is None and getattr(sink, "wants_yuv", False) and h % 2 == 0 and w % 2 == 0
     for start in progress(range(0, n, batch), desc="render", total=(n + batch - 1) // batch, unit="batch"):
         sl = slice(start, start + batch)
         codes = session.engine.audio_codes(features, code_t[sl])
-        out = session.render_batch(ids_t[sl], c2w_t[sl], exp_t[sl], codes)
+        out = session.render_batch(ids_t[sl], c2w_t[sl], exp_t[sl], codes, host_ids=frame_ids[sl])
+        if yuv:
+            for planes in rgb_to_yuv420(out["frame"]).cpu().numpy():
+                sink.put_yuv(planes)
+            continue
         for k, frame in enumerate(to_uint8(out["frame"])):
             sink.put(paster(frame_ids[start + k], frame) if paster is not None else frame)
 
@@ -102,6 +110,7 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
     if out_path is None and options.frames_dir is None:
         raise InputError("give an output MP4 path or a frames folder (--frames DIR)")
     started = time.perf_counter()
+    _start_cuda_early(options.device)
     if not options.test:
         if audio_path is None:
             raise InputError("render needs --audio FILE (or --test for the subject's test split)")
@@ -111,18 +120,18 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
     loaded = time.perf_counter()
     if options.test:
         frame_ids, c2w, expressions, features, code_frames, wav = _test_inputs(session)
-        session.load_frames(frame_ids)
+        session.load_frames(frame_ids, wait=False)
     else:
         n = n_video_frames(wav.size)
         track = build_track(session.c2w_nerf, session.expressions, session.n_track, n, options.pose,
                             options.smoothing, options.blink)
         frame_ids, c2w, expressions = track.frame_ids, track.c2w, track.expressions
         code_frames = np.arange(n, dtype=np.int64)
-        # Decoding the walked frames (CPU, video decoder threads) overlaps loading the GPU kernels and
-        # the audio features.
+        # The walked frames decode on loader threads for the whole render (each batch waits only for
+        # its own frames, synctalk.render.banks); the GPU kernels load while the audio features run.
+        session.load_frames(frame_ids, wait=False)
         first_pose = torch.from_numpy(c2w[0]).to(session.device)
-        features = _alongside([lambda: session.load_frames(frame_ids), lambda: session.engine.warm_up(first_pose)],
-                              lambda: driving_features(session, wav, n))
+        features = _alongside([lambda: session.engine.warm_up(first_pose)], lambda: driving_features(session, wav, n))
     paster = None
     if options.portrait and session.subject.manifest.get("crop"):
         from synctalk.render.fullres import FullResPaster
@@ -150,6 +159,15 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
     log.info("rendered %d frames (%s) in %.1f s (%.1f frames/s overall) -> %s", n, session.mode, seconds,
              info["fps"], mp4 or frames_dir)
     return info
+
+
+def _start_cuda_early(device: str) -> None:
+    """Create the CUDA context on a thread while the audio decodes (~0.3-0.5 s of a fresh process);
+    the session's first CUDA call waits for it under torch's own init lock."""
+    import threading
+
+    if device in ("auto", "cuda") and torch.cuda.is_available() and not torch.cuda.is_initialized():
+        threading.Thread(target=torch.cuda.init, name="synctalk-cuda-init", daemon=True).start()
 
 
 def _alongside(background: list, work):

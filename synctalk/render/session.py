@@ -4,12 +4,12 @@ Modes (``RenderSession.render_batch``):
   head      head over the walked frame's ``torso.mp4`` (torso, inpainted neck, background plate)
   torso     head over the trained torso model over the background plate
   portrait  either of the above pasted into the walked source frame (synctalk.render.portrait)
-Everything runs on the session's device; frames a render needs are decoded once, up front.
+Everything runs on the session's device; the frames a render needs are decoded once, by loader threads
+that run ahead of the render (synctalk.render.banks).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from synctalk import subject as S
 from synctalk.errors import InputError
-from synctalk.log import get_logger, progress
+from synctalk.log import get_logger
 from synctalk.nerf.trainer import resolve_device
 from synctalk.render.engine import HeadRenderer
 from synctalk.render.model import HeadModel, default_workspace, load_head_model
@@ -36,20 +36,6 @@ HEAD_BOX_MARGIN = 0.25
 # (738 pixels with alpha < 0.9 in the lip band of frame 0 driven by frame 252's audio; 0 with 32 or 64
 # samples, and 0 with 16 for the frame's own audio). 32 removes them; None = the training cap.
 RENDER_MAX_SAMPLES = 32
-
-
-@dataclass
-class FrameBank:
-    """uint8 frames of selected ids, on the device: ``rows[id]`` is the row in ``data``."""
-
-    data: torch.Tensor
-    rows: torch.Tensor   # [max_id + 1] long, -1 where not loaded
-
-    def take(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.rows[ids]
-        if bool((rows < 0).any()):
-            raise RuntimeError("a frame was requested that was not loaded")
-        return self.data.index_select(0, rows)
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
@@ -102,98 +88,104 @@ class RenderSession:
         settings = self.subject.manifest.get("stages", {}).get("parsing", {}).get("settings", {})
         self.feather_px = max(1, int(round(int(settings.get("portrait_feather_px", DEFAULT_FEATHER_PX))
                                             / self.downscale)))
-        self.backgrounds: FrameBank | None = None
-        self.sources: FrameBank | None = None
-        self.faces: FrameBank | None = None
-        self.labels: FrameBank | None = None
+        # synctalk.render.banks.FrameBank each, set by load_frames
+        self.backgrounds = None
+        self.sources = None
+        self.faces = None
+        self.labels = None   # its ``extra``: the head-box limit of each frame (head_box_margin)
         self.head_box_margin = head_box_margin
-        self.limit_boxes: torch.Tensor | None = None   # [max_id + 1, 4] long, rows of loaded ids
+        self._loaders: list = []
 
     @property
     def mode(self) -> str:
         return "+".join(["torso" if self.torso is not None else "head"] + (["portrait"] if self.portrait else []))
 
     # ------------------------------------------------------------------ frames
-    def _video_bank(self, name: str, ids: np.ndarray) -> FrameBank:
+    def _video_frames(self, name: str, wanted: np.ndarray):
+        """The frames of ``wanted`` (sorted ids) of subject video ``name``, resized to the model size."""
         from synctalk.io.video import iter_frames
 
-        wanted = np.unique(ids)
-        stop = int(wanted.max()) + 1
-        keep = np.zeros(stop, dtype=bool)
+        keep = np.zeros(int(wanted[-1]) + 1, dtype=bool)
         keep[wanted] = True
-        frames = []
-        for i, frame in enumerate(progress(iter_frames(self.subject.path(name), 0, stop), desc=f"read {name}",
-                                           total=stop, unit="frame")):
+        for i, frame in enumerate(iter_frames(self.subject.path(name), 0, keep.size)):
             if keep[i]:
-                frames.append(_resize(frame, self.size, nearest=False))
-        if len(frames) != len(wanted):
-            raise InputError(f"{self.subject.path(name)} has fewer frames than the subject says; re-run `synctalk prepare`")
-        return self._bank(frames, wanted, stop)
+                yield _resize(frame, self.size, nearest=False)
 
-    def _mask_bank(self, name: str, ids: np.ndarray) -> FrameBank:
+    def _mask_frames(self, name: str, wanted: np.ndarray):
         from synctalk.prepare.maskcodec import MaskReader
 
-        wanted = np.unique(ids)
-        path = self.subject.path(name)
-        if not path.is_file():
-            raise InputError(f"{path} is missing; re-run `synctalk prepare` on this subject")
-        with MaskReader(path) as reader:
-            frames = [_resize(reader[int(i)], self.size, nearest=True) for i in wanted]
-        return self._bank(frames, wanted, int(wanted.max()) + 1)
+        with MaskReader(self.subject.path(name)) as reader:
+            for i in wanted:
+                yield _resize(reader[int(i)], self.size, nearest=True)
 
-    def _bank(self, frames: list[np.ndarray], wanted: np.ndarray, stop: int) -> FrameBank:
-        rows = torch.full((stop,), -1, dtype=torch.long)
-        rows[torch.from_numpy(wanted)] = torch.arange(len(wanted))
-        data = torch.from_numpy(np.stack(frames)).to(self.device)
-        return FrameBank(data, rows.to(self.device))
-
-    def load_frames(self, ids: np.ndarray) -> None:
-        """Decode what rendering frames ``ids`` (walked subject frame ids) needs, once."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        ids = np.asarray(ids, dtype=np.int64)
-        jobs = {}
-        # The banks are independent and their decoders (PyAV / OpenCV / zlib) release the GIL: one
-        # thread each (the torso video alone took ~2.5 s of a 60-s render's start-up on the GPU machine).
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="synctalk-bank") as pool:
-            if self.torso is None:
-                jobs["backgrounds"] = pool.submit(self._video_bank, S.TORSO, ids)
-            if self.portrait or self.head_box_margin is not None:
-                jobs["labels"] = pool.submit(self._mask_bank, S.PARSING, ids)
-            if self.portrait:
-                jobs["sources"] = pool.submit(self._video_bank, S.FRAMES, ids)
-                jobs["faces"] = pool.submit(self._mask_bank, S.PORTRAIT, ids)
-            for name, job in jobs.items():
-                setattr(self, name, job.result())
-        if self.head_box_margin is not None:
-            self.limit_boxes = self._limit_boxes(self.labels)
-
-    def _limit_boxes(self, labels: FrameBank) -> torch.Tensor:
+    def _head_boxes(self, labels: np.ndarray) -> np.ndarray:
+        """[N, H, W] label maps -> [N, 4] int64 parsed head (face + hair) boxes grown by the margin."""
         from synctalk.nerf.data import _clip_boxes, boxes_from_profiles
 
-        # Row / column profiles on the device: only [N, H] + [N, W] flags come back to the host.
-        head = (labels.data == S.LABEL_FACE) | (labels.data == S.LABEL_HAIR)
-        rows, cols = head.any(dim=2).cpu().numpy(), head.any(dim=1).cpu().numpy()
-        boxes = _clip_boxes(boxes_from_profiles(rows, cols, self.head_box_margin), *self.size)
-        per_row = torch.from_numpy(boxes).to(self.device)
-        return per_row[labels.rows.clamp_min(0)]
+        head = (labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)
+        boxes = boxes_from_profiles(head.any(axis=2), head.any(axis=1), self.head_box_margin)
+        return _clip_boxes(boxes, *self.size)
+
+    def load_frames(self, ids: np.ndarray, wait: bool = True) -> None:
+        """Decode what rendering frames ``ids`` (walked subject frame ids) needs, once, on one loader
+        thread per file (synctalk.render.banks). ``wait=False`` returns at once: ``render_batch`` then
+        waits only for the frames of its batch, so decoding overlaps rendering."""
+        from synctalk.render.banks import FrameBank, start_loader
+
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        if wanted.size == 0:
+            raise InputError("no frames to render")
+        if wanted[-1] >= self.subject.n_frames:
+            raise InputError(f"frame {wanted[-1]} is outside the subject's {self.subject.n_frames} frames")
+        h, w = self.size
+        jobs: list[tuple[str, FrameBank, object]] = []
+        if self.torso is None:
+            jobs.append(("backgrounds", FrameBank(wanted, (h, w, 3), self.device, name=S.TORSO),
+                         self._video_frames(S.TORSO, wanted)))
+        if self.portrait or self.head_box_margin is not None:
+            for name in (S.PARSING,) + ((S.PORTRAIT,) if self.portrait else ()):
+                if not self.subject.path(name).is_file():
+                    raise InputError(f"{self.subject.path(name)} is missing; re-run `synctalk prepare` on this subject")
+            extra = self._head_boxes if self.head_box_margin is not None else None
+            jobs.append(("labels", FrameBank(wanted, (h, w), self.device, extra=extra, name=S.PARSING),
+                         self._mask_frames(S.PARSING, wanted)))
+        if self.portrait:
+            jobs.append(("sources", FrameBank(wanted, (h, w, 3), self.device, name=S.FRAMES),
+                         self._video_frames(S.FRAMES, wanted)))
+            jobs.append(("faces", FrameBank(wanted, (h, w), self.device, name=S.PORTRAIT),
+                         self._mask_frames(S.PORTRAIT, wanted)))
+        self._loaders = []
+        for attr, bank, frames in jobs:
+            setattr(self, attr, bank)
+            self._loaders.append(start_loader(bank, frames))
+        if wait:
+            self.wait_frames()
+
+    def wait_frames(self) -> None:
+        """Block until every bank is loaded (raises a loader's error)."""
+        for bank in (self.backgrounds, self.labels, self.sources, self.faces):
+            if bank is not None:
+                bank.wait()
 
     # ------------------------------------------------------------------ render
     @torch.no_grad()
     def render_batch(self, frame_ids: torch.Tensor, c2w: torch.Tensor, expressions: torch.Tensor,
-                     codes: torch.Tensor) -> dict[str, torch.Tensor]:
+                     codes: torch.Tensor, host_ids: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """frame_ids [B] (walked frames: background, torso code, portrait source), c2w [B,4,4] NeRF scene,
-        expressions [B,7], audio codes [B,32] -> {"frame": [B,H,W,3] float final, "head_alpha", "head"}."""
+        expressions [B,7], audio codes [B,32] -> {"frame": [B,H,W,3] float final, "head_alpha", "head"}.
+        ``host_ids``: ``frame_ids`` on the host, so a bank still loading waits only for this batch."""
+        if host_ids is None and frame_ids.numel():
+            host_ids = frame_ids.cpu().numpy()
         if self.torso is not None:
             trgb, talpha = self.torso.render(frame_ids, c2w)
             background = self.torso.over_background(trgb, talpha)
         else:
-            background = self.backgrounds.take(frame_ids).float() / 255.0
-        limit = self.limit_boxes[frame_ids] if self.limit_boxes is not None else None
+            background = self.backgrounds.take(frame_ids, host_ids).float() / 255.0
+        limit = self.labels.take_extra(frame_ids, host_ids) if self.head_box_margin is not None else None
         head = self.engine.render(c2w, codes, expressions, background, limit)
         out = {"head": head.rgb, "head_alpha": head.alpha, "frame": head.rgb}
         if self.portrait:
-            source = self.sources.take(frame_ids).float() / 255.0
-            out["frame"], out["mask"] = paste_back(head.rgb, source, self.faces.take(frame_ids),
-                                                   self.labels.take(frame_ids), head.alpha, self.feather_px)
+            source = self.sources.take(frame_ids, host_ids).float() / 255.0
+            out["frame"], out["mask"] = paste_back(head.rgb, source, self.faces.take(frame_ids, host_ids),
+                                                   self.labels.take(frame_ids, host_ids), head.alpha, self.feather_px)
         return out
