@@ -129,11 +129,13 @@ def report_model(trainer, sets: dict, out: Path | None, light: bool = False) -> 
                  np.repeat((np.clip(err_map * 8, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2))
     row["test"] = test
     if sets["val"]:
-        row["val"] = evaluate(trainer, sets["val"])
+        row["val"] = evaluate(trainer, sets["val"], regions=True)
+        row["val"].pop("error_map")
     if light:
         row["eval_seconds"] = time.perf_counter() - started
         return row
-    row["train16"] = evaluate(trainer, sets["train16"])
+    row["train16"] = evaluate(trainer, sets["train16"], regions=True)   # fitting vs generalising, per region
+    row["train16"].pop("error_map")
     test32 = sets["test32"]
     row["test32"] = evaluate(trainer, test32)
     half = len(test32) // 2

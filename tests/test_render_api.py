@@ -186,3 +186,17 @@ def test_portrait_of_cropped_subject_goes_back_into_the_source(subject, tmp_path
     png = cv2.imread(str(tmp_path / "full" / "frame_00000.png"))
     assert png.shape == (40, 48, 3)
     assert abs(int(png[20, 2, 0]) - 50) <= 3      # outside the crop: the source canvas
+
+
+def test_prime_render_kernels_is_a_no_op_without_cuda(subject, monkeypatch):
+    """Training primes the render kernels only on CUDA (tests_gpu times the primed first render); on a
+    CPU it must do nothing and, in particular, never fail a finished training run."""
+    from synctalk.nerf import train_run
+    from synctalk.render.api import prime_render_kernels
+
+    assert prime_render_kernels(subject, subject / "workspace" / "nerf", device="cpu") is None
+    calls = []
+    monkeypatch.setattr("synctalk.render.api.prime_render_kernels",
+                        lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(RuntimeError("no GPU")))
+    train_run._prime_render_kernels(subject, subject / "workspace" / "nerf")   # logs, does not raise
+    assert len(calls) == 1

@@ -110,7 +110,21 @@ def train_subject(root: str | Path, cfg: TrainConfig, stages: tuple[str, ...] = 
     log.info("test split: PSNR %.2f dB (head only %.2f dB) over %d frames", test["psnr"], test["psnr_head"],
              len(test["frames"]))
     write_json(work / "metrics.json", summary)
+    if summary["stages"] and device.type == "cuda":
+        _prime_render_kernels(root, work)
     return summary
+
+
+def _prime_render_kernels(root: str | Path, work: Path) -> None:
+    """Compile the render kernels now, while the user waits for training anyway (synctalk.render.api)."""
+    from synctalk.render.api import prime_render_kernels
+
+    try:
+        seconds = prime_render_kernels(root, work, device="cuda")
+    except Exception as e:  # a convenience: it must never fail a finished training run
+        log.warning("could not prepare the render kernels (the first render will compile them): %s", e)
+        return
+    log.info("render kernels ready for `synctalk render` (%.1f s)", seconds)
 
 
 def config_from_checkpoint(meta: dict) -> TrainConfig:
