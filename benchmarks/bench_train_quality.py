@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REGIONS = ("mouth", "seam", "edge", "lower_face", "upper_face", "hair", "outside")
+EVAL_MAX_SAMPLES = 0   # --eval-max-samples: samples per ray of every evaluation render (0 = the training setting)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -88,7 +89,8 @@ def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path |
     err_map = torch.zeros(d.height, d.width, device=trainer.device)
     with trainer.ema_weights():
         for k, frame in enumerate(frames):
-            pred = render_frame(trainer, frame, audio_frame=None if audio_of is None else audio_of(frame))
+            pred = render_frame(trainer, frame, audio_frame=None if audio_of is None else audio_of(frame),
+                                max_samples=EVAL_MAX_SAMPLES or None)
             gt = d.gt[frame].float() / 255.0
             psnr.append(psnr_of(pred, gt))
             psnr_head.append(psnr_of(pred, gt, d.head[frame].bool()))
@@ -168,7 +170,11 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--curve", action="store_true", help="val / test32 PSNR every val_every steps")
     ap.add_argument("--tag", default="quality", help="output file stem (concurrent runs into one --out)")
+    ap.add_argument("--eval-max-samples", type=int, default=0,
+                    help="samples per ray when evaluating (0 = the training setting, 16; synctalk render uses 32)")
     args = ap.parse_args()
+    global EVAL_MAX_SAMPLES
+    EVAL_MAX_SAMPLES = args.eval_max_samples
 
     import torch
 

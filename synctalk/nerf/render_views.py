@@ -26,12 +26,13 @@ INDIVIDUAL_CODES = ("code0", "mean", "own")
 
 @torch.no_grad()
 def render_frame(trainer: Trainer, frame: int, audio_frame: int | None = None,
-                 individual: str = "code0") -> torch.Tensor:
+                 individual: str = "code0", max_samples: int | None = None) -> torch.Tensor:
     """Render frame ``frame`` (pose, expression, background of that frame; audio of ``audio_frame``,
     default the same frame) with the current weights -> float [H, W, 3] in [0, 1] on the device.
 
     ``individual`` picks the per-frame appearance code: ``code0`` (the original's test path), ``mean``
-    (the mean over the training frames) or ``own`` (the frame's own code; training frames only)."""
+    (the mean over the training frames) or ``own`` (the frame's own code; training frames only).
+    ``max_samples``: samples per ray (None = the training setting; ``synctalk render`` uses 32)."""
     if individual not in INDIVIDUAL_CODES:
         raise ValueError(f"individual must be one of {INDIVIDUAL_CODES}")
     d = trainer.data
@@ -55,7 +56,7 @@ def render_frame(trainer: Trainer, frame: int, audio_frame: int | None = None,
             sl = slice(start, start + trainer.cfg.chunk_rays)
             n = xs[sl].shape[0]
             batch = RayBatch(fid.expand(n), torch.zeros(n, dtype=torch.long, device=dev), xs[sl], ys[sl])
-            out[sl] = trainer.render_rays(batch, codes, jitter=False)["rgb"]
+            out[sl] = trainer.render_rays(batch, codes, jitter=False, max_samples=max_samples)["rgb"]
     finally:
         table[frame] = saved
     return out.reshape(h, w, 3).clamp(0.0, 1.0)

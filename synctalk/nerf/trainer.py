@@ -181,12 +181,15 @@ class Trainer:
         expr = self.data.expressions[frames]
         return expr if self.cfg.condition_expressions else torch.zeros_like(expr)
 
-    def render_rays(self, batch: RayBatch, codes: torch.Tensor, jitter: bool) -> dict[str, torch.Tensor]:
-        """Render rays of several frames; ``codes`` [B, 32] are the audio codes of the batch's images."""
+    def render_rays(self, batch: RayBatch, codes: torch.Tensor, jitter: bool,
+                    max_samples: int | None = None) -> dict[str, torch.Tensor]:
+        """Render rays of several frames; ``codes`` [B, 32] are the audio codes of the batch's images.
+        ``max_samples``: samples per ray (None = the training setting ``cfg.max_samples``)."""
         d = self.data
         origins, dirs = d.rays(batch.frames, batch.xs, batch.ys)
         j = torch.rand(origins.shape[0], device=self.device, generator=self.rng) if jitter else None
-        samples = march_rays_lattice(origins, dirs, self.grid, SCENE_AABB, self.cfg.dt, self.cfg.max_samples,
+        samples = march_rays_lattice(origins, dirs, self.grid, SCENE_AABB, self.cfg.dt,
+                                     self.cfg.max_samples if max_samples is None else max_samples,
                                      self.cfg.min_near, j)
         ray_ids = samples.ray_indices
         frame_of_sample = batch.frames[ray_ids]
