@@ -48,6 +48,12 @@ class TrainConfig:
     # Generalisation to unseen audio (training-only; the defaults reproduce the original):
     audio_noise: float = 0.0           # Gaussian noise on the AVE window, in units of each feature's train std
     attention_on_gated: bool = False   # penalise |a * A_aud(x)| outside the lower face instead of |A_aud(x)|
+    # Audio-swap opacity (off by default, not yet measured on the GPU): each head step also renders this
+    # many rays with the audio of other random training frames and pulls their opacity to 1 inside the
+    # GT face (face rect and head mask), so skin stays opaque whatever the audio. Aimed at the see-through
+    # lower-face holes seen on unseen audio (BENCHMARKS.md, "See-through holes in the lower face").
+    swap_audio_rays: int = 0
+    lambda_swap_opacity: float = 0.1
     # lip stage
     lips_steps: int = 500
     lips_lr_decay: float = 0.05

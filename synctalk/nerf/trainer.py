@@ -274,9 +274,25 @@ class Trainer:
         terms = head_losses(out["rgb"], gt, out["opacity"], out["uncertainty"], out["audio_ambient"],
                             out["expression_ambient"], in_face, in_lower,
                             self.stage_step / max(self.cfg.head_steps, 1), self.loss_weights)
+        if self.cfg.swap_audio_rays > 0:
+            terms["total"] = terms["total"] + self._swap_audio_opacity()
         self._backward(terms["total"])
         mse = ((out["rgb"].detach() - gt) ** 2).mean()
         return {"loss": terms["total"].detach(), "mse": mse, "rays": batch.xs.shape[0], "samples": out["samples"]}
+
+    def _swap_audio_opacity(self) -> torch.Tensor:
+        """``lambda_swap_opacity`` x mean (1 - opacity) over ``swap_audio_rays`` head-step rays that fall in
+        the GT face (face rect and head mask), rendered with the audio of other random training frames
+        (drawn after the step's own draws, so the random stream is unchanged when the option is off)."""
+        c, d = self.cfg, self.data
+        batch, frames = self.sample_head_rays(c.swap_audio_rays)
+        others = self._pick_frames(frames.shape[0])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            codes = self.training_audio_codes(others)
+        out = self.render_rays(batch, codes, jitter=True)
+        skin = _in_boxes(d.face_rect[batch.frames], batch.xs, batch.ys) & d.head[batch.frames, batch.ys, batch.xs].bool()
+        skin = skin.float()
+        return c.lambda_swap_opacity * ((1.0 - out["opacity"]) * skin).sum() / skin.sum().clamp_min(1.0)
 
     def perceptual(self) -> torch.nn.Module | None:
         if self._perceptual is None and self.cfg.perceptual != "none":
