@@ -290,8 +290,8 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             codes = self.training_audio_codes(others)
         out = self.render_rays(batch, codes, jitter=True)
-        skin = _in_boxes(d.face_rect[batch.frames], batch.xs, batch.ys) & d.head[batch.frames, batch.ys, batch.xs].bool()
-        skin = skin.float()
+        skin = (_in_boxes(d.face_rect[batch.frames], batch.xs, batch.ys)
+                & d.head[batch.frames, batch.ys, batch.xs].bool()).float()
         return c.lambda_swap_opacity * ((1.0 - out["opacity"]) * skin).sum() / skin.sum().clamp_min(1.0)
 
     def perceptual(self) -> torch.nn.Module | None:

@@ -190,12 +190,10 @@ class FrameSink:
             if self._error is not None:
                 continue  # drain: the renderer learns of the error at its next put / at exit
             try:
-                if isinstance(frame, _Yuv420):
+                if isinstance(frame, _Yuv420):  # queued only when wants_yuv: an MP4 writer and no PNGs
                     import av
 
-                    self._writer.write(av.VideoFrame.from_ndarray(frame.planes, format="yuv420p"))
-                    self._count += 1
-                    continue
+                    frame = av.VideoFrame.from_ndarray(frame.planes, format="yuv420p")
                 if self._writer is not None:
                     self._writer.write(frame)
                 if self.frames_dir is not None:

@@ -94,7 +94,6 @@ class RenderSession:
         self.faces = None
         self.labels = None   # its ``extra``: the head-box limit of each frame (head_box_margin)
         self.head_box_margin = head_box_margin
-        self._loaders: list = []
 
     @property
     def mode(self) -> str:
@@ -154,10 +153,9 @@ class RenderSession:
                          self._video_frames(S.FRAMES, wanted)))
             jobs.append(("faces", FrameBank(wanted, (h, w), self.device, name=S.PORTRAIT),
                          self._mask_frames(S.PORTRAIT, wanted)))
-        self._loaders = []
-        for attr, bank, frames in jobs:
+        for attr, bank, frames in jobs:   # a loader's error reaches the render thread through its bank
             setattr(self, attr, bank)
-            self._loaders.append(start_loader(bank, frames))
+            start_loader(bank, frames)
         if wait:
             self.wait_frames()
 
