@@ -11,7 +11,7 @@ head model is evaluated too (row NAME), its full training state is kept, and eve
 LNAME:FIELD=VALUE,...`` (default: one ``default:``) trains the lip stage from that same head state
 (row NAME+LNAME, settings = the head's overrides plus its own), so what the lip stage costs or gains is
 measured on one head. Every model is reported with its EMA weights and individual code 0 (the
-original's test path); ``--light`` keeps only ``val`` and ``test``:
+original's test path); ``--light`` keeps only ``val``, ``test`` and ``train16``:
   * ``val``: the held-out last ``--holdout`` share of the train split (not trained on; tune on this);
   * ``test``: every test frame (or ``--test-frames`` evenly spaced ones), whole frame and head only,
     plus where the test error sits (``regions``: share of the squared error and PSNR per region);
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REGIONS = ("mouth", "seam", "edge", "lower_face", "upper_face", "hair", "outside")
 EVAL_MAX_SAMPLES = 0   # --eval-max-samples: samples per ray of every evaluation render (0 = the training setting)
+ALSO_SAMPLES: list[int] = []   # --also-samples: the test split again at these budgets (row test_sN)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -130,14 +131,25 @@ def report_model(trainer, sets: dict, out: Path | None, light: bool = False) -> 
         save_png(out / "test_mean_abs_error_x8.png",
                  np.repeat((np.clip(err_map * 8, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2))
     row["test"] = test
+    global EVAL_MAX_SAMPLES
+    primary = EVAL_MAX_SAMPLES
+    for budget in ALSO_SAMPLES:
+        EVAL_MAX_SAMPLES = budget
+        try:
+            row[f"test_s{budget}"] = evaluate(trainer, sets["test"])
+        finally:
+            EVAL_MAX_SAMPLES = primary
     if sets["val"]:
         row["val"] = evaluate(trainer, sets["val"], regions=True)
         row["val"].pop("error_map")
+    # Fitting vs generalising, per region (train frames render with their learned pose corrections).
+    row["train16"] = evaluate(trainer, sets["train16"], regions=True)
+    row["train16"].pop("error_map")
+    if trainer.poses is not None:
+        row["pose_correction_px"] = trainer.poses.pixel_stats()
     if light:
         row["eval_seconds"] = time.perf_counter() - started
         return row
-    row["train16"] = evaluate(trainer, sets["train16"], regions=True)   # fitting vs generalising, per region
-    row["train16"].pop("error_map")
     test32 = sets["test32"]
     row["test32"] = evaluate(trainer, test32)
     half = len(test32) // 2
@@ -164,7 +176,7 @@ def main() -> int:
     ap.add_argument("--stages", default="head", choices=("head", "head,lips"))
     ap.add_argument("--lips-variant", action="append", default=[],
                     help="LNAME:FIELD=VALUE,... lip stage(s) trained from each head (default: default:)")
-    ap.add_argument("--light", action="store_true", help="report only val and test (faster)")
+    ap.add_argument("--light", action="store_true", help="report val, test and train16 only (faster)")
     ap.add_argument("--test-frames", type=int, default=0, help="0 = every test frame")
     ap.add_argument("--preset", default="fast", help="tiny + --device cpu: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
@@ -172,9 +184,11 @@ def main() -> int:
     ap.add_argument("--tag", default="quality", help="output file stem (concurrent runs into one --out)")
     ap.add_argument("--eval-max-samples", type=int, default=0,
                     help="samples per ray when evaluating (0 = the training setting, 16; synctalk render uses 32)")
+    ap.add_argument("--also-samples", default="", help="comma list: the test split again at these budgets")
     args = ap.parse_args()
     global EVAL_MAX_SAMPLES
     EVAL_MAX_SAMPLES = args.eval_max_samples
+    ALSO_SAMPLES.extend(int(v) for v in args.also_samples.split(",") if v)
 
     import torch
 

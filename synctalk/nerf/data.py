@@ -102,20 +102,29 @@ class TrainData:
         ids = (frames[:, None] + offsets[None, :]).clamp(0, self.n_frames - 1)
         return self.audio[ids]
 
-    def rays(self, frames: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rays(self, frames: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+             correction: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """World(NeRF)-space rays through pixel centres: frames/xs/ys [R] -> origins [R,3], unit dirs [R,3].
 
         Pixel (x, y) is the point u = x, v = y of ``convention.project`` (integer pixel centres, as the
         tracked points the poses are fitted to), so a ray passes through the world points projected
         onto its pixel (tests/test_nerf_rays.py). The earlier x + 0.5 was PSNR-neutral in practice (the
-        fit absorbs a constant half-pixel offset; BENCHMARKS-train-2.md) but disagreed with the poses."""
+        fit absorbs a constant half-pixel offset; BENCHMARKS-train-2.md) but disagreed with the poses.
+
+        ``correction`` = per-ray (rotation [R, 3, 3], translation [R, 3]) applied in the camera frame,
+        c2w' = c2w @ [R t] (``synctalk.nerf.pose_refine``); differentiable in both."""
         fx, fy, cx, cy = self.intrinsics
         cam = torch.stack([(xs.float() - cx) / fx, -(ys.float() - cy) / fy,
                            -torch.ones_like(xs, dtype=torch.float32)], dim=-1)
         pose = self.c2w[frames]
+        origins = pose[:, :3, 3]
+        if correction is not None:
+            rot, trans = correction
+            cam = torch.einsum("rij,rj->ri", rot, cam)
+            origins = origins + torch.einsum("rij,rj->ri", pose[:, :3, :3], trans)
         dirs = torch.einsum("rij,rj->ri", pose[:, :3, :3], cam)
         dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-        return pose[:, :3, 3].contiguous(), dirs
+        return origins.contiguous(), dirs
 
 
 def _boxes_from_points(points: np.ndarray) -> np.ndarray:

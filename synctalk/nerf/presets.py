@@ -54,6 +54,13 @@ class TrainConfig:
     # lower-face holes seen on unseen audio (BENCHMARKS.md, "See-through holes in the lower face").
     swap_audio_rays: int = 0
     lambda_swap_opacity: float = 0.1
+    # Photometric camera refinement (off by default; synctalk.nerf.pose_refine): each training frame's
+    # tracked pose gets a learned rigid correction, in pixel units, learned in the head stage from
+    # ``pose_refine_start`` x head_steps on, at most ~``lr_pose`` px per visit of the frame (decaying as
+    # the field's lr). Test frames and unseen frames keep their tracked poses.
+    pose_refine: bool = False
+    lr_pose: float = 0.05
+    pose_refine_start: float = 0.25
     # lip stage
     lips_steps: int = 500
     lips_lr_decay: float = 0.05

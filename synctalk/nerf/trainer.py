@@ -30,6 +30,7 @@ from synctalk.nerf.data import TrainData
 from synctalk.nerf.encoding.hashgrid import HashGridConfig
 from synctalk.nerf.field import HeadField, HeadFieldConfig
 from synctalk.nerf.losses import HeadLossWeights, head_losses, make_perceptual
+from synctalk.nerf.pose_refine import PoseCorrection, RowAdam
 from synctalk.nerf.presets import TrainConfig
 from synctalk.nerf.render.composite import composite_packed
 from synctalk.nerf.render.occupancy import OccupancyConfig, OccupancyGrid
@@ -115,6 +116,12 @@ class Trainer:
         # Per-feature spread of the training audio: the unit of the audio-noise augmentation.
         self._audio_std = data.audio[data.train_ids].std(dim=0) if cfg.audio_noise > 0 else None
         self._perceptual: torch.nn.Module | None = None
+        self.poses: PoseCorrection | None = None
+        self.pose_optimizer: RowAdam | None = None
+        if cfg.pose_refine:
+            depth = float(data.c2w[data.train_ids, :3, 3].norm(dim=-1).mean())  # camera to head centre
+            self.poses = PoseCorrection(data.n_frames, float(data.intrinsics[0]), depth, data.train_ids)
+            self.pose_optimizer = RowAdam(self.poses.delta, cfg.lr_pose)
 
     # ------------------------------------------------------------------ optimiser
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -137,6 +144,13 @@ class Trainer:
             factor *= self.cfg.lips_lr_scale
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
+        if self.pose_optimizer is not None:
+            self.pose_optimizer.lr = self.cfg.lr_pose * factor
+
+    def learning_poses(self) -> bool:
+        """Whether this step also learns the camera corrections (head stage, after the warm-up)."""
+        return (self.poses is not None and self.stage == "head"
+                and self.stage_step >= self.cfg.pose_refine_start * self.cfg.head_steps)
 
     def stage_steps(self, stage: str) -> int:
         return self.cfg.head_steps if stage == "head" else self.cfg.lips_steps
@@ -186,12 +200,23 @@ class Trainer:
         """Render rays of several frames; ``codes`` [B, 32] are the audio codes of the batch's images.
         ``max_samples``: samples per ray (None = the training setting ``cfg.max_samples``)."""
         d = self.data
-        origins, dirs = d.rays(batch.frames, batch.xs, batch.ys)
+        learn_pose = self.learning_poses() and torch.is_grad_enabled()
+        correction = None
+        if self.poses is not None:
+            with torch.set_grad_enabled(learn_pose):
+                correction = self.poses.matrices(batch.frames)
+        origins, dirs = d.rays(batch.frames, batch.xs, batch.ys, correction)
         j = torch.rand(origins.shape[0], device=self.device, generator=self.rng) if jitter else None
-        samples = march_rays_lattice(origins, dirs, self.grid, SCENE_AABB, self.cfg.dt,
+        samples = march_rays_lattice(origins.detach(), dirs.detach(), self.grid, SCENE_AABB, self.cfg.dt,
                                      self.cfg.max_samples if max_samples is None else max_samples,
                                      self.cfg.min_near, j)
         ray_ids = samples.ray_indices
+        if learn_pose:
+            # The marcher picks sample depths without gradients; the positions are rebuilt from the
+            # differentiable rays so the loss reaches the camera corrections.
+            dirs_s = dirs.index_select(0, ray_ids)
+            samples.positions = origins.index_select(0, ray_ids) + samples.t[:, None] * dirs_s
+            samples.directions = dirs_s
         frame_of_sample = batch.frames[ray_ids]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             # index_select (backward: a serial index_add on the CPU) rather than advanced indexing, whose
@@ -277,6 +302,9 @@ class Trainer:
         if self.cfg.swap_audio_rays > 0:
             terms["total"] = terms["total"] + self._swap_audio_opacity()
         self._backward(terms["total"])
+        if self.learning_poses():
+            self.pose_optimizer.step(torch.unique(frames))  # rows of this batch; the swap term moves no pose
+            self.poses.project_gauge()
         mse = ((out["rgb"].detach() - gt) ** 2).mean()
         return {"loss": terms["total"].detach(), "mse": mse, "rays": batch.xs.shape[0], "samples": out["samples"]}
 
@@ -406,6 +434,9 @@ class Trainer:
         tensors["rng"] = self.rng.get_state()
         optim, _ = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors.update(optim)
+        if self.poses is not None:
+            tensors["pose.delta"] = self.poses.delta.detach()
+            tensors.update({f"pose_optim.{k}": v for k, v in self.pose_optimizer.state_tensors().items()})
         return tensors
 
     def state_meta(self) -> dict:
@@ -429,6 +460,11 @@ class Trainer:
             optim = {k: (v.cpu() if k.endswith(".step") else v) for k, v in optim.items()}
         if optim:
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(optim, meta["optimizer_groups"]))
+        if self.poses is not None and "pose.delta" in tensors:
+            with torch.no_grad():
+                self.poses.delta.copy_(tensors["pose.delta"])
+            self.pose_optimizer.load_state_tensors(
+                {k[len("pose_optim."):]: v for k, v in tensors.items() if k.startswith("pose_optim.")})
         self.stage, self.stage_step = meta["stage"], int(meta["stage_step"])
         self.history = list(meta.get("history", []))
 
@@ -437,4 +473,6 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.field.state_dict().items()}
         tensors.update({f"model.{k}": v for k, v in self.ema.items()})
         tensors.update({f"grid.{k}": v for k, v in self.grid.state_dict().items()})
+        if self.poses is not None:   # not read by the renderer yet: it uses the tracked poses
+            tensors["pose.delta"] = self.poses.delta.detach()
         return tensors

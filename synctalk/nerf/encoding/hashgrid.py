@@ -157,8 +157,8 @@ class TriPlaneHashGrid(nn.Module):
         return self.cfg.output_dim
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        # The fused kernel returns no gradient for the points themselves; fall back when one is asked.
-        if fused_backend_enabled(points) and not points.requires_grad:
+        # The fused kernel also returns dL/dpoints when the points need it (camera-pose refinement).
+        if fused_backend_enabled(points):
             from synctalk.nerf.kernels.hashgrid_triton import hashgrid_encode_fused
 
             return hashgrid_encode_fused(points, self.embeddings, self.cfg)

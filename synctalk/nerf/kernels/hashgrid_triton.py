@@ -3,8 +3,10 @@
 One program handles BLOCK points and loops over all planes x levels, so each point is read once
 and its P*L*F output row is written by the same program (adjacent columns share cache lines).
 Level constants (resolution, row offset, table size, dense flag) live in a small int32 tensor.
-Backward accumulates dL/dembeddings with float32 atomics; no gradient is returned for points
-(the head field never needs one; TriPlaneHashGrid falls back to the reference when asked).
+Backward accumulates dL/dembeddings with float32 atomics. dL/dpoints (needed only when camera poses
+are refined, ``synctalk.nerf.pose_refine``) comes from a second kernel that runs only when asked:
+the derivative of each bilinear lookup along its plane's two axes, summed over planes and levels,
+zero where the point was clamped onto the grid's boundary (as the reference's clamp).
 """
 
 from __future__ import annotations
@@ -113,6 +115,70 @@ def _hashgrid_bwd_kernel(points_ptr, grad_out_ptr, grad_emb_ptr, meta_ptr, n_poi
                 tl.atomic_add(grad_emb_ptr + r11 * FEAT + f, g * fu * fv, mask=mask)
 
 
+@triton.jit
+def _hashgrid_bwd_points_kernel(points_ptr, grad_out_ptr, emb_ptr, grad_points_ptr, meta_ptr, n_points,
+                                rows_per_plane, bound, NUM_PLANES: tl.constexpr, NUM_LEVELS: tl.constexpr,
+                                FEAT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_points
+    out_dim: tl.constexpr = NUM_PLANES * NUM_LEVELS * FEAT
+    gx = tl.zeros((BLOCK,), dtype=tl.float32)
+    gy = tl.zeros((BLOCK,), dtype=tl.float32)
+    gz = tl.zeros((BLOCK,), dtype=tl.float32)
+    for plane in tl.static_range(NUM_PLANES):
+        a: tl.constexpr = 1 if plane == 1 else 0
+        b: tl.constexpr = 1 if plane == 0 else 2
+        pa = tl.load(points_ptr + offs * 3 + a, mask=mask, other=0.0)
+        pb = tl.load(points_ptr + offs * 3 + b, mask=mask, other=0.0)
+        ua = (pa + bound) / (2.0 * bound)
+        ub = (pb + bound) / (2.0 * bound)
+        u = tl.minimum(tl.maximum(ua, 0.0), 1.0)
+        v = tl.minimum(tl.maximum(ub, 0.0), 1.0)
+        gu = tl.zeros((BLOCK,), dtype=tl.float32)
+        gv = tl.zeros((BLOCK,), dtype=tl.float32)
+        for level in tl.static_range(NUM_LEVELS):
+            res = tl.load(meta_ptr + level * 4 + 0)
+            row0 = tl.load(meta_ptr + level * 4 + 1).to(tl.int64) + plane * rows_per_plane
+            size = tl.load(meta_ptr + level * 4 + 2)
+            dense = tl.load(meta_ptr + level * 4 + 3)
+            scale = (res - 1).to(tl.float32)
+            pu = u * scale + 0.5
+            pv = v * scale + 0.5
+            cu = tl.floor(pu)
+            cv = tl.floor(pv)
+            fu = pu - cu
+            fv = pv - cv
+            iu = cu.to(tl.int32)
+            iv = cv.to(tl.int32)
+            r00 = row0 + _corner_row(iu, iv, res, size, dense)
+            r10 = row0 + _corner_row(iu + 1, iv, res, size, dense)
+            r01 = row0 + _corner_row(iu, iv + 1, res, size, dense)
+            r11 = row0 + _corner_row(iu + 1, iv + 1, res, size, dense)
+            for f in tl.static_range(FEAT):
+                col = (plane * NUM_LEVELS + level) * FEAT + f
+                g = tl.load(grad_out_ptr + offs.to(tl.int64) * out_dim + col, mask=mask, other=0.0)
+                e00 = tl.load(emb_ptr + r00 * FEAT + f, mask=mask, other=0.0)
+                e10 = tl.load(emb_ptr + r10 * FEAT + f, mask=mask, other=0.0)
+                e01 = tl.load(emb_ptr + r01 * FEAT + f, mask=mask, other=0.0)
+                e11 = tl.load(emb_ptr + r11 * FEAT + f, mask=mask, other=0.0)
+                gu += g * scale * ((1.0 - fv) * (e10 - e00) + fv * (e11 - e01))
+                gv += g * scale * ((1.0 - fu) * (e01 - e00) + fu * (e11 - e10))
+        # d(unit)/d(point) = 1 / (2 bound) inside [0, 1] (inclusive, as torch.clamp's backward), else 0.
+        gu = tl.where((ua >= 0.0) & (ua <= 1.0), gu / (2.0 * bound), 0.0)
+        gv = tl.where((ub >= 0.0) & (ub <= 1.0), gv / (2.0 * bound), 0.0)
+        if a == 0:
+            gx += gu
+        else:
+            gy += gu
+        if b == 1:
+            gy += gv
+        else:
+            gz += gv
+    tl.store(grad_points_ptr + offs * 3 + 0, gx, mask=mask)
+    tl.store(grad_points_ptr + offs * 3 + 1, gy, mask=mask)
+    tl.store(grad_points_ptr + offs * 3 + 2, gz, mask=mask)
+
+
 _META_CACHE: dict[tuple[HashGridConfig, str], torch.Tensor] = {}
 
 
@@ -139,7 +205,8 @@ class _FusedHashGrid(torch.autograd.Function):
             _hashgrid_fwd_kernel[grid](points, table, out, meta, n, table.shape[1], float(cfg.bound),
                                        NUM_PLANES=len(PLANE_AXES), NUM_LEVELS=cfg.num_levels,
                                        FEAT=cfg.features_per_level, BLOCK=BLOCK_POINTS)
-        ctx.save_for_backward(points)
+        # The table is kept only when the points need a gradient (its second kernel reads it).
+        ctx.save_for_backward(points, table if ctx.needs_input_grad[0] else None)
         ctx.cfg = cfg
         ctx.table_shape = table.shape
         ctx.table_dtype = embeddings.dtype
@@ -147,16 +214,27 @@ class _FusedHashGrid(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (points,) = ctx.saved_tensors
+        points, table = ctx.saved_tensors
         cfg: HashGridConfig = ctx.cfg
-        grad_emb = torch.zeros(ctx.table_shape, device=points.device, dtype=torch.float32)
+        grad_out = grad_out.float().contiguous()
+        meta = _level_meta(cfg, points.device)
         n = points.shape[0]
-        if n:
-            _hashgrid_bwd_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
-                points, grad_out.float().contiguous(), grad_emb, _level_meta(cfg, points.device), n,
-                ctx.table_shape[1], float(cfg.bound), NUM_PLANES=len(PLANE_AXES), NUM_LEVELS=cfg.num_levels,
-                FEAT=cfg.features_per_level, BLOCK=BLOCK_POINTS)
-        return None, grad_emb.to(ctx.table_dtype), None
+        launch = (triton.cdiv(n, BLOCK_POINTS),)
+        constants = dict(NUM_PLANES=len(PLANE_AXES), NUM_LEVELS=cfg.num_levels, FEAT=cfg.features_per_level,
+                         BLOCK=BLOCK_POINTS)
+        grad_emb = grad_points = None
+        if ctx.needs_input_grad[1]:
+            grad_emb = torch.zeros(ctx.table_shape, device=points.device, dtype=torch.float32)
+            if n:
+                _hashgrid_bwd_kernel[launch](points, grad_out, grad_emb, meta, n, ctx.table_shape[1],
+                                             float(cfg.bound), **constants)
+            grad_emb = grad_emb.to(ctx.table_dtype)
+        if ctx.needs_input_grad[0]:
+            grad_points = torch.zeros_like(points)
+            if n:
+                _hashgrid_bwd_points_kernel[launch](points, grad_out, table, grad_points, meta, n,
+                                                    ctx.table_shape[1], float(cfg.bound), **constants)
+        return grad_points, grad_emb, None
 
 
 def hashgrid_encode_fused(points: torch.Tensor, embeddings: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""Per-frame camera corrections learned with the head field (photometric pose refinement).
+
+The tracked poses (``pose.npz``) come from face-mesh landmarks and carry sub-pixel to pixel errors.
+A NeRF fitted to slightly misplaced views averages them into a softer head, and can key the
+per-frame misfit on whatever per-frame input it has (the audio code), which does not transfer to
+unseen audio. Here each training frame gets a small rigid correction of its camera, learned from the
+same photometric loss as the field (as nerfstudio's camera optimiser or BARF do):
+
+    c2w' = c2w @ [R(w) t; 0 1]        (applied in the camera's own frame)
+
+``delta`` [N, 6] holds w (rotation vector) and t (translation) in *pixel units*: one unit of w turns
+the camera by 1/fx rad and one unit of t moves it by depth/fx, i.e. each moves the head's image by
+about one pixel, so one learning rate fits both. Frames outside the trained set (test frames, new
+audio walks over unseen frames) keep a zero correction.
+
+Gauge: moving every camera the same way is the same as moving the head, so after each update the
+mean correction over the trained frames is projected out; the field stays in the tracked frame and
+test frames can be rendered with their tracked poses.
+
+Optimiser: a row-sparse Adam (``RowAdam``). Each step only sees the frames of its batch; dense Adam
+would keep moving every other row on stale moments (and normalise the tiny gradients the gauge
+projection would otherwise give them). Here a row's moments and bias correction advance only when
+that frame is in the batch, so every visit moves a row by about ``lr`` pixels at most.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors [R, 3] -> rotation matrices [R, 3, 3] (Rodrigues; exact, smooth at 0)."""
+    theta2 = (w * w).sum(dim=-1, keepdim=True)[..., None]               # [R, 1, 1]
+    theta = theta2.clamp_min(1e-24).sqrt()
+    small = theta2 < 1e-8
+    # sin(t)/t and (1 - cos t)/t^2 with their Taylor series near 0 (no 0/0 in value or gradient).
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-24))
+    zero = torch.zeros_like(w[:, 0])
+    k = torch.stack([zero, -w[:, 2], w[:, 1], w[:, 2], zero, -w[:, 0], -w[:, 1], w[:, 0], zero],
+                    dim=-1).reshape(-1, 3, 3)
+    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(k)
+    return eye + a * k + b * (k @ k)
+
+
+class PoseCorrection(torch.nn.Module):
+    """Learnable per-frame camera corrections (module docstring) for ``n_frames`` frames."""
+
+    def __init__(self, n_frames: int, focal: float, depth: float, trained: torch.Tensor) -> None:
+        super().__init__()
+        self.delta = torch.nn.Parameter(torch.zeros(n_frames, 6, device=trained.device))
+        # Pixel units -> radians (rotation) and NeRF units (translation).
+        self.register_buffer("unit", torch.tensor([1.0 / focal] * 3 + [depth / focal] * 3, device=trained.device))
+        self.register_buffer("trained", trained.clone().long())
+
+    def matrices(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corrections of ``frames`` [R] -> rotation [R, 3, 3] and translation [R, 3] (camera frame)."""
+        d = self.delta.index_select(0, frames) * self.unit
+        return so3_exp(d[:, :3]), d[:, 3:]
+
+    @torch.no_grad()
+    def project_gauge(self) -> None:
+        """Remove the mean correction of the trained frames (a global move belongs to the field)."""
+        rows = self.delta[self.trained]
+        self.delta[self.trained] = rows - rows.mean(dim=0, keepdim=True)
+
+    @torch.no_grad()
+    def pixel_stats(self) -> dict[str, float]:
+        """Size of the learned corrections in pixels (rotation and translation parts) over trained frames."""
+        rows = self.delta[self.trained]
+        rot, trans = rows[:, :3].norm(dim=-1), rows[:, 3:].norm(dim=-1)
+        return {"rotation_px_median": float(rot.median()), "rotation_px_p95": float(rot.quantile(0.95)),
+                "translation_px_median": float(trans.median()), "translation_px_p95": float(trans.quantile(0.95))}
+
+
+class RowAdam:
+    """Adam over the rows of one [N, C] parameter, updating only the rows a step touched (docstring)."""
+
+    def __init__(self, param: torch.nn.Parameter, lr: float, betas: tuple[float, float] = (0.0, 0.9),
+                 eps: float = 1e-12) -> None:
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.count = torch.zeros(param.shape[0], device=param.device)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, lr: float | None = None) -> None:
+        """Update ``rows`` (unique frame ids) from ``param.grad``; other rows stay as they are."""
+        grad = self.param.grad
+        if grad is None or rows.numel() == 0:
+            return
+        b1, b2 = self.betas
+        g = grad.index_select(0, rows)
+        m = self.m.index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
+        v = self.v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+        count = self.count.index_select(0, rows) + 1
+        m_hat = m / (1 - b1 ** count)[:, None]
+        v_hat = v / (1 - b2 ** count)[:, None]
+        update = (lr if lr is not None else self.lr) * m_hat / (v_hat.sqrt() + self.eps)
+        self.param.index_add_(0, rows, -update)
+        self.m.index_copy_(0, rows, m)
+        self.v.index_copy_(0, rows, v)
+        self.count.index_copy_(0, rows, count)
+        self.param.grad = None
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m, "v": self.v, "count": self.count}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.m.copy_(tensors["m"])
+        self.v.copy_(tensors["v"])
+        self.count.copy_(tensors["count"])
