@@ -5,7 +5,9 @@
 # --variant / --lips-variant / --stages options); they run concurrently on the one GPU, so their
 # train seconds are upper bounds. Common settings from the environment:
 #   SUBJ (.carry/anchor_r), HOLDOUT (0.05), EVAL_SAMPLES (0 = the training budget, 16),
-#   ALSO_SAMPLES (e.g. 32: the test split again at that budget), SWEEP_TIMEOUT (s, 450), GPU_TESTS (1).
+#   ALSO_SAMPLES (e.g. 32: the test split again at that budget), SWEEP_TIMEOUT (s, 450), GPU_TESTS (1),
+#   REFINE (N: after evaluating, fit the held-out frames' poses to their upper head, N iterations, and
+#   evaluate them again: how much of the gap is pose error).
 # Steps: the subject's audio stage when audio/features.npy is missing (its audio/ folder comes back as
 # $OUT/audio.tar.gz, so a later call can carry it), the fused-kernel GPU tests (point gradients of the
 # hash grid included), then the variants; their JSON and logs come back as $OUT/quality.tar.gz, each
@@ -34,7 +36,7 @@ for spec in "$@"; do
   # shellcheck disable=SC2086  # ARGS is a word list on purpose
   timeout "${SWEEP_TIMEOUT:-450}" python3 benchmarks/bench_train_quality.py --subject "$SUBJ" --out /tmp/q \
       --holdout "${HOLDOUT:-0.05}" --light --tag "$tag" --eval-max-samples "${EVAL_SAMPLES:-0}" \
-      --also-samples "${ALSO_SAMPLES:-}" $args >"/tmp/q/$tag.log" 2>&1 &
+      --also-samples "${ALSO_SAMPLES:-}" --refine-heldout-poses "${REFINE:-0}" $args >"/tmp/q/$tag.log" 2>&1 &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; echo "process $pid exit $?"; done
@@ -51,7 +53,7 @@ except FileNotFoundError:
 for name, row in report["models"].items():
     parts = [name, f"train {sum(s['seconds'] for s in row['stages'].values()):.0f}s",
              f"peak {row.get('peak_gib') or 0:.2f}GiB"]
-    for key in ("val", "test", "test_s32", "test_s64", "train16"):
+    for key in ("val", "test", "test_s32", "test_s64", "train16", "val_posefit", "test_posefit"):
         if key in row:
             parts.append(f"{key} {row[key]['psnr']:.2f}/{row[key]['psnr_head']:.2f}")
     regions = row["test"].get("regions", {})

@@ -110,3 +110,47 @@ class RowAdam:
         self.m.copy_(tensors["m"])
         self.v.copy_(tensors["v"])
         self.count.copy_(tensors["count"])
+
+
+def refine_poses(trainer, frames: list[int], iterations: int = 300, frames_per_iter: int = 16,
+                 rays_per_frame: int = 4096, lr: float = 0.05, seed: int = 0) -> dict[str, float]:
+    """Fit the camera corrections of ``frames`` to their images with the field frozen (EMA weights):
+    the photometric end of tracking, for frames the field never trained on (test frames, the frames
+    of a new render's walk). Only the head above the nose-tip row is compared, so the mouth (what the
+    audio should explain) never steers the pose. Returns the final L1 and the corrections' size.
+
+    ``trainer`` is a ``synctalk.nerf.trainer.Trainer``; a ``PoseCorrection`` is attached when it has
+    none (a model trained without ``pose_refine``). Rows of the trained frames are left as they are."""
+    from synctalk.nerf.trainer import box_biased_rays
+
+    d = trainer.data
+    if trainer.poses is None:
+        depth = float(d.c2w[d.train_ids, :3, 3].norm(dim=-1).mean())
+        trainer.poses = PoseCorrection(d.n_frames, float(d.intrinsics[0]), depth, d.train_ids)
+    ids = torch.as_tensor(frames, device=trainer.device, dtype=torch.long)
+    optimizer = RowAdam(trainer.poses.delta, lr)
+    gen = torch.Generator(device=trainer.device).manual_seed(seed)
+    field = trainer.field
+    needs = [p.requires_grad for p in field.parameters()]
+    field.requires_grad_(False)
+    last = float("nan")
+    try:
+        with trainer.ema_weights(), trainer.pose_gradients():
+            for it in range(iterations):
+                pick = ids[torch.randperm(len(ids), device=trainer.device, generator=gen)[:frames_per_iter]]
+                batch = box_biased_rays(pick, d.head_box, rays_per_frame, 1.0, (d.height, d.width), gen)
+                upper = (batch.ys < d.lower_face[batch.frames, 1]).float()
+                codes = trainer.audio_codes(pick).detach()
+                out = trainer.render_rays(batch, codes, jitter=False)
+                err = (out["rgb"] - trainer.gt_of(batch)).abs().mean(dim=-1)
+                loss = (err * upper).sum() / upper.sum().clamp_min(1.0)
+                loss.backward()
+                decay = 0.1 ** (it / max(iterations - 1, 1))   # 1 -> 0.1 over the run
+                optimizer.step(torch.unique(pick), lr * decay)
+                last = float(loss.detach())
+    finally:
+        for p, flag in zip(field.parameters(), needs):
+            p.requires_grad_(flag)
+    rows = trainer.poses.delta.detach()[ids]
+    return {"l1_upper_head": last, "rotation_px_median": float(rows[:, :3].norm(dim=-1).median()),
+            "translation_px_median": float(rows[:, 3:].norm(dim=-1).median())}

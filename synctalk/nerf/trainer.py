@@ -117,6 +117,7 @@ class Trainer:
         self._audio_std = data.audio[data.train_ids].std(dim=0) if cfg.audio_noise > 0 else None
         self._perceptual: torch.nn.Module | None = None
         self.poses: PoseCorrection | None = None
+        self._pose_grad_forced = False
         self.pose_optimizer: RowAdam | None = None
         if cfg.pose_refine:
             depth = float(data.c2w[data.train_ids, :3, 3].norm(dim=-1).mean())  # camera to head centre
@@ -148,9 +149,20 @@ class Trainer:
             self.pose_optimizer.lr = self.cfg.lr_pose * factor
 
     def learning_poses(self) -> bool:
-        """Whether this step also learns the camera corrections (head stage, after the warm-up)."""
-        return (self.poses is not None and self.stage == "head"
-                and self.stage_step >= self.cfg.pose_refine_start * self.cfg.head_steps)
+        """Whether renders pass gradients to the camera corrections: in the head stage after the
+        warm-up, or inside ``pose_gradients()`` (``pose_refine.refine_poses``)."""
+        if self.poses is None:
+            return False
+        return self._pose_grad_forced or (self.cfg.pose_refine and self.stage == "head" and
+                                          self.stage_step >= self.cfg.pose_refine_start * self.cfg.head_steps)
+
+    @contextlib.contextmanager
+    def pose_gradients(self) -> Iterator[None]:
+        self._pose_grad_forced = True
+        try:
+            yield
+        finally:
+            self._pose_grad_forced = False
 
     def stage_steps(self, stage: str) -> int:
         return self.cfg.head_steps if stage == "head" else self.cfg.lips_steps
@@ -302,7 +314,7 @@ class Trainer:
         if self.cfg.swap_audio_rays > 0:
             terms["total"] = terms["total"] + self._swap_audio_opacity()
         self._backward(terms["total"])
-        if self.learning_poses():
+        if self.pose_optimizer is not None and self.learning_poses():
             self.pose_optimizer.step(torch.unique(frames))  # rows of this batch; the swap term moves no pose
             self.poses.project_gauge()
         mse = ((out["rgb"].detach() - gt) ** 2).mean()
