@@ -119,13 +119,15 @@ def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path |
     return result
 
 
-def report_model(trainer, sets: dict, out: Path | None, light: bool = False) -> dict:
+def report_model(trainer, sets: dict, out: Path | None, light: bool = False, row: dict | None = None,
+                 saved=lambda: None) -> dict:
+    """Evaluate into ``row``; ``saved()`` is called after each part (a timeout keeps what finished)."""
     import numpy as np
     import torch
 
     from synctalk.nerf.render_views import save_png
 
-    row: dict = {}
+    row = {} if row is None else row
     started = time.perf_counter()
     test = evaluate(trainer, sets["test"], regions=True, save_dir=out, save_first=3 if out else 0)
     err_map = test.pop("error_map")
@@ -133,6 +135,7 @@ def report_model(trainer, sets: dict, out: Path | None, light: bool = False) -> 
         save_png(out / "test_mean_abs_error_x8.png",
                  np.repeat((np.clip(err_map * 8, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2))
     row["test"] = test
+    saved()
     global EVAL_MAX_SAMPLES
     primary = EVAL_MAX_SAMPLES
     for budget in ALSO_SAMPLES:
@@ -149,6 +152,7 @@ def report_model(trainer, sets: dict, out: Path | None, light: bool = False) -> 
     row["train16"].pop("error_map")
     if trainer.poses is not None:
         row["pose_correction_px"] = trainer.poses.pixel_stats()
+    saved()
     if REFINE_ITERS:
         # Diagnostic: the held-out frames' poses fitted to their own upper head (nose-tip row up) with
         # the field frozen, then the same frames evaluated again: how much of the gap is pose error.
@@ -266,10 +270,14 @@ def main() -> int:
         """Evaluate ``trainer`` into ``row``, record it under ``name`` and rewrite the json."""
         nonlocal first_pngs
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
-        row.update(report_model(trainer, sets, args.out / f"{args.tag}_{name}" if first_pngs else None,
-                                light=args.light))
-        first_pngs = False
         report["models"][name] = row
+
+        def saved() -> None:
+            write_text(json_path, json.dumps(report, indent=1))
+
+        report_model(trainer, sets, args.out / f"{args.tag}_{name}" if first_pngs else None,
+                     light=args.light, row=row, saved=saved)
+        first_pngs = False
         print(json.dumps({name: row}), flush=True)
         write_text(json_path, json.dumps(report, indent=1))  # atomic: a timeout kill keeps the last json
 
