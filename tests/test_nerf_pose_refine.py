@@ -124,3 +124,38 @@ def test_corrections_recover_a_known_camera_error(tmp_path):
     assert after < before * 0.9
     assert shift < -1.0 and math.isfinite(shift)
     assert np.isfinite(d.numpy()).all()
+
+
+def test_exported_corrections_reach_the_renderer(tmp_path):
+    """The exported model carries every frame's correction; the render engine with corrected poses
+    matches the trainer's own render of a training frame, and a RenderSession applies them."""
+    from synctalk.render.engine import HeadRenderer
+    from synctalk.render.model import load_head_model
+    from synctalk.render.session import RenderSession
+    from synctalk.nerf.render_views import render_frame
+
+    from test_render_engine import make_subject, train_and_export
+
+    work = tmp_path / "w"
+    trainer = train_and_export(work, pose_refine=True, lr_pose=0.5, pose_refine_start=0.0)
+    data = trainer.data
+    model = load_head_model(work, "cpu")
+    corr = model.pose_correction
+    assert corr is not None and corr.shape == (data.n_frames, 4, 4)
+    eye = torch.eye(4)
+    assert all(torch.equal(corr[i], eye) for i in data.test_ids.tolist())
+    assert any(float((corr[i] - eye).abs().max()) > 1e-4 for i in data.train_ids.tolist())
+    frames = torch.tensor([1, 3])
+    engine = HeadRenderer(model, data.intrinsics, "cpu")
+    codes = engine.audio_codes(data.audio, frames)
+    bg = data.bg[frames].float() / 255.0
+    out = engine.render(data.c2w[frames] @ corr[frames], codes, data.expressions[frames], bg)
+    tracked = engine.render(data.c2w[frames], codes, data.expressions[frames], bg)
+    with trainer.ema_weights():
+        refs = [render_frame(trainer, int(i)) for i in frames]
+    for k, ref in enumerate(refs):
+        assert float((out.rgb[k] - ref).abs().max()) < 1e-4
+    assert float((tracked.rgb - torch.stack(refs)).abs().max()) > 1e-3   # the corrections matter
+    session = RenderSession(make_subject(tmp_path / "s", work), workspace=work, device="cpu")
+    n = data.n_frames
+    assert np.allclose(session.c2w_nerf[:n], (data.c2w @ corr).numpy(), atol=1e-5)

@@ -59,6 +59,15 @@ class PoseCorrection(torch.nn.Module):
         return so3_exp(d[:, :3]), d[:, 3:]
 
     @torch.no_grad()
+    def c2w_corrections(self) -> torch.Tensor:
+        """Every frame's correction as a [N, 4, 4] matrix in NeRF units (c2w' = c2w @ this); what the
+        exported model carries so the renderer can apply it without knowing the pixel units."""
+        rot, trans = self.matrices(torch.arange(self.delta.shape[0], device=self.delta.device))
+        out = torch.eye(4, device=rot.device).repeat(rot.shape[0], 1, 1)
+        out[:, :3, :3], out[:, :3, 3] = rot, trans
+        return out
+
+    @torch.no_grad()
     def project_gauge(self) -> None:
         """Remove the mean correction of the trained frames (a global move belongs to the field)."""
         rows = self.delta[self.trained]

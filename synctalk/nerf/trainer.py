@@ -485,6 +485,6 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.field.state_dict().items()}
         tensors.update({f"model.{k}": v for k, v in self.ema.items()})
         tensors.update({f"grid.{k}": v for k, v in self.grid.state_dict().items()})
-        if self.poses is not None:   # not read by the renderer yet: it uses the tracked poses
-            tensors["pose.delta"] = self.poses.delta.detach()
+        if self.poses is not None:   # the renderer applies these to the subject's tracked poses
+            tensors["pose.c2w_correction"] = self.poses.c2w_corrections()
         return tensors

@@ -36,6 +36,8 @@ class HeadModel:
     n_frames: int             # frames of the subject it was trained on
     stage: str
     path: Path
+    # [N, 4, 4] learned camera corrections (``pose_refine``), NeRF units: c2w' = c2w @ correction
+    pose_correction: torch.Tensor | None = None
 
 
 def default_workspace(subject_root: str | Path) -> Path:
@@ -86,4 +88,9 @@ def load_head_model(workspace: str | Path, device: torch.device | str = "cpu") -
         raise InputError(f"{stem.name} has no occupancy grid; re-export it with `synctalk train`")
     grid.load_state_dict({"density": tensors["grid.density"], "occupied": tensors["grid.occupied"]})
     log.info("loaded %s (%s stage, %dx%d, %d frames)", stem.name, meta.get("stage"), size[1], size[0], n_frames)
-    return HeadModel(field, grid, scene, cfg, size, n_frames, str(meta.get("stage", "?")), stem)
+    correction = tensors.get("pose.c2w_correction")
+    if correction is not None and tuple(correction.shape) != (n_frames, 4, 4):
+        raise InputError(f"{stem.name}: pose.c2w_correction has shape {tuple(correction.shape)}, "
+                         f"expected ({n_frames}, 4, 4); re-export it with `synctalk train`")
+    return HeadModel(field, grid, scene, cfg, size, n_frames, str(meta.get("stage", "?")), stem,
+                     None if correction is None else correction.float().cpu())

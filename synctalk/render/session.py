@@ -72,6 +72,9 @@ class RenderSession:
         scene = self.model.scene
         self.c2w_nerf = self.c2w_world.copy()
         self.c2w_nerf[:, :3, 3] = scene.scale * (self.c2w_world[:, :3, 3] - np.asarray(scene.offset))
+        if self.model.pose_correction is not None:   # cameras refined with the field (pose_refine)
+            n = self.model.n_frames
+            self.c2w_nerf[:n] = self.c2w_nerf[:n] @ self.model.pose_correction.double().numpy()
         self.c2w_nerf = self.c2w_nerf.astype(np.float32)
         self.expressions = self.subject.expressions().astype(np.float32)
         self.n_track = min(self.subject.split.n_train, self.model.n_frames)
