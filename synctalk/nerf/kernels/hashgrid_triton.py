@@ -40,6 +40,15 @@ def _plane_uv(points_ptr, offs, mask, plane: tl.constexpr, bound):
 
 
 @triton.jit
+def _plane_uv_unclamped(points_ptr, offs, mask, plane: tl.constexpr, bound):
+    a: tl.constexpr = 1 if plane == 1 else 0
+    b: tl.constexpr = 1 if plane == 0 else 2
+    pa = tl.load(points_ptr + offs * 3 + a, mask=mask, other=0.0)
+    pb = tl.load(points_ptr + offs * 3 + b, mask=mask, other=0.0)
+    return (pa + bound) / (2.0 * bound), (pb + bound) / (2.0 * bound)
+
+
+@triton.jit
 def _hashgrid_fwd_kernel(points_ptr, emb_ptr, out_ptr, meta_ptr, n_points, rows_per_plane, bound,
                          NUM_PLANES: tl.constexpr, NUM_LEVELS: tl.constexpr, FEAT: tl.constexpr,
                          BLOCK: tl.constexpr):
@@ -126,14 +135,8 @@ def _hashgrid_bwd_points_kernel(points_ptr, grad_out_ptr, emb_ptr, grad_points_p
     gy = tl.zeros((BLOCK,), dtype=tl.float32)
     gz = tl.zeros((BLOCK,), dtype=tl.float32)
     for plane in tl.static_range(NUM_PLANES):
-        a: tl.constexpr = 1 if plane == 1 else 0
-        b: tl.constexpr = 1 if plane == 0 else 2
-        pa = tl.load(points_ptr + offs * 3 + a, mask=mask, other=0.0)
-        pb = tl.load(points_ptr + offs * 3 + b, mask=mask, other=0.0)
-        ua = (pa + bound) / (2.0 * bound)
-        ub = (pb + bound) / (2.0 * bound)
-        u = tl.minimum(tl.maximum(ua, 0.0), 1.0)
-        v = tl.minimum(tl.maximum(ub, 0.0), 1.0)
+        u, v = _plane_uv(points_ptr, offs, mask, plane, bound)
+        ua, ub = _plane_uv_unclamped(points_ptr, offs, mask, plane, bound)
         gu = tl.zeros((BLOCK,), dtype=tl.float32)
         gv = tl.zeros((BLOCK,), dtype=tl.float32)
         for level in tl.static_range(NUM_LEVELS):
@@ -166,13 +169,15 @@ def _hashgrid_bwd_points_kernel(points_ptr, grad_out_ptr, emb_ptr, grad_points_p
         # d(unit)/d(point) = 1 / (2 bound) inside [0, 1] (inclusive, as torch.clamp's backward), else 0.
         gu = tl.where((ua >= 0.0) & (ua <= 1.0), gu / (2.0 * bound), 0.0)
         gv = tl.where((ub >= 0.0) & (ub <= 1.0), gv / (2.0 * bound), 0.0)
-        if a == 0:
+        # Plane axes (0,1), (1,2), (0,2), as PLANE_AXES.
+        if plane == 0:
             gx += gu
-        else:
-            gy += gu
-        if b == 1:
             gy += gv
+        elif plane == 1:
+            gy += gu
+            gz += gv
         else:
+            gx += gu
             gz += gv
     tl.store(grad_points_ptr + offs * 3 + 0, gx, mask=mask)
     tl.store(grad_points_ptr + offs * 3 + 1, gy, mask=mask)
