@@ -76,6 +76,7 @@ class TrainConfig:
     lambda_perceptual_patch: float = 0.1
     # model
     grid_log2_table_size: int = 14     # hash-table rows per level and plane = 2^this (original: 14)
+    grid_finest_resolution: int = 512  # finest level's cells per axis over [-1, 1] (original: 512)
     condition_expressions: bool = True # feed the 7 blendshapes to the field (False: zeros, an ablation)
     # rendering
     max_samples: int = 16
@@ -116,6 +117,13 @@ PRESETS: dict[str, TrainConfig] = {
                         occupancy_every=16, val_every=60, val_frames=2, checkpoint_every=60,
                         chunk_rays=8192, perceptual="ssim", amp=False, device="cpu"),
 }
+
+
+def grid_config(cfg: TrainConfig):
+    """The head field's hash-grid settings of a training config (trainer and renderer build the same)."""
+    from synctalk.nerf.encoding.hashgrid import HashGridConfig
+
+    return HashGridConfig(log2_table_size=cfg.grid_log2_table_size, finest_resolution=cfg.grid_finest_resolution)
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:

@@ -27,11 +27,10 @@ from synctalk.errors import StageError
 from synctalk.log import get_logger
 from synctalk.nerf import checkpoint as ckpt
 from synctalk.nerf.data import TrainData
-from synctalk.nerf.encoding.hashgrid import HashGridConfig
 from synctalk.nerf.field import HeadField, HeadFieldConfig
 from synctalk.nerf.losses import HeadLossWeights, head_losses, make_perceptual
 from synctalk.nerf.pose_refine import PoseCorrection, RowAdam
-from synctalk.nerf.presets import TrainConfig
+from synctalk.nerf.presets import TrainConfig, grid_config
 from synctalk.nerf.render.composite import composite_packed
 from synctalk.nerf.render.occupancy import OccupancyConfig, OccupancyGrid
 from synctalk.nerf.render.raymarch import march_rays_lattice
@@ -101,7 +100,7 @@ class Trainer:
         self.data, self.cfg, self.workdir = data, cfg, Path(workdir)
         self.device = data.device
         torch.manual_seed(cfg.seed)  # parameter initialisation
-        self.field = HeadField(HeadFieldConfig(grid=HashGridConfig(log2_table_size=cfg.grid_log2_table_size)))
+        self.field = HeadField(HeadFieldConfig(grid=grid_config(cfg)))
         self.field = self.field.to(self.device)
         self.grid = OccupancyGrid(OccupancyConfig(resolution=cfg.occupancy_resolution, dilate=cfg.occupancy_dilate,
                                                   box_min=SCENE_AABB[:3], box_max=SCENE_AABB[3:]), self.device)

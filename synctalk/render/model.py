@@ -16,9 +16,8 @@ from synctalk.errors import InputError
 from synctalk.log import get_logger
 from synctalk.nerf import checkpoint as ckpt
 from synctalk.nerf.data import SceneTransform
-from synctalk.nerf.encoding.hashgrid import HashGridConfig
 from synctalk.nerf.field import HeadField, HeadFieldConfig
-from synctalk.nerf.presets import TrainConfig
+from synctalk.nerf.presets import TrainConfig, grid_config
 from synctalk.nerf.render.occupancy import OccupancyConfig, OccupancyGrid
 
 log = get_logger("render.model")
@@ -73,7 +72,7 @@ def load_head_model(workspace: str | Path, device: torch.device | str = "cpu") -
         n_frames = int(meta["frames"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise InputError(f"{ckpt.meta_path(stem)} lacks {e}; re-export it with `synctalk train`") from None
-    field = HeadField(HeadFieldConfig(grid=HashGridConfig(log2_table_size=cfg.grid_log2_table_size)))
+    field = HeadField(HeadFieldConfig(grid=grid_config(cfg)))
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         field.load_state_dict(state)
