@@ -7,7 +7,8 @@
 #   SUBJ (.carry/anchor_r), HOLDOUT (0.05), EVAL_SAMPLES (0 = the training budget, 16),
 #   ALSO_SAMPLES (e.g. 32: the test split again at that budget), SWEEP_TIMEOUT (s, 450), GPU_TESTS (1),
 #   REFINE (N: after evaluating, fit the held-out frames' poses to their upper head, N iterations, and
-#   evaluate them again: how much of the gap is pose error).
+#   evaluate them again: how much of the gap is pose error). A process's ARGS may carry
+#   --gt-halo-px N (its training targets and ground truth) and --also-gt-halo-px M (rows *_altgt).
 # Steps: the subject's audio stage when audio/features.npy is missing (its audio/ folder comes back as
 # $OUT/audio.tar.gz, so a later call can carry it), the fused-kernel GPU tests (point gradients of the
 # hash grid included), then the variants; their JSON and logs come back as $OUT/quality.tar.gz, each
@@ -53,7 +54,8 @@ except FileNotFoundError:
 for name, row in report["models"].items():
     parts = [name, f"train {sum(s['seconds'] for s in row['stages'].values()):.0f}s",
              f"peak {row.get('peak_gib') or 0:.2f}GiB"]
-    for key in ("val", "test", "test_s32", "test_s64", "train16", "val_posefit", "test_posefit"):
+    for key in ("val", "test", "test_s32", "test_s64", "train16", "val_posefit", "test_posefit",
+                "val_altgt", "test_altgt"):
         if key in row:
             parts.append(f"{key} {row[key]['psnr']:.2f}/{row[key]['psnr_head']:.2f}")
     regions = row["test"].get("regions", {})

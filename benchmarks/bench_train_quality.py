@@ -40,12 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REGIONS = ("mouth", "seam", "edge", "lower_face", "upper_face", "hair", "outside")
 EVAL_MAX_SAMPLES = 0   # --eval-max-samples: samples per ray of every evaluation render (0 = the training setting)
 REFINE_ITERS = 0              # --refine-heldout-poses: iterations of the held-out pose fit (0 = none)
-ALSO_SAMPLES: list[int] = []   # --also-samples: the test split again at these budgets (row test_sN)
+ALSO_SAMPLES: list[int] = []
+ALT_GT = None                 # --also-gt-halo-px: uint8 targets composited with another halo   # --also-samples: the test split again at these budgets (row test_sN)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, rest = text.partition(":")
-    return name, [item for item in rest.split(",") if item]
+    items = [item for item in rest.split(",") if item]
+    if any(item.startswith("gt_halo_px=") for item in items):
+        raise SystemExit("the targets are loaded once per process: set the halo with --gt-halo-px")
+    return name, items
 
 
 def region_masks(data, frame: int):
@@ -76,9 +80,10 @@ def region_masks(data, frame: int):
 
 
 def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path | None = None,
-             save_first: int = 0, audio_of=None) -> dict:
+             save_first: int = 0, audio_of=None, gt_images=None) -> dict:
     """EMA renders of ``frames``: mean PSNR (frame / head) and, with ``regions``, the error split.
-    ``audio_of(frame) -> frame`` picks whose audio drives each render (default: its own)."""
+    ``audio_of(frame) -> frame`` picks whose audio drives each render (default: its own);
+    ``gt_images`` [N, H, W, 3] uint8 replaces the training data's targets as the ground truth."""
     import numpy as np
     import torch
 
@@ -93,7 +98,7 @@ def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path |
         for k, frame in enumerate(frames):
             pred = render_frame(trainer, frame, audio_frame=None if audio_of is None else audio_of(frame),
                                 max_samples=EVAL_MAX_SAMPLES or None)
-            gt = d.gt[frame].float() / 255.0
+            gt = (d.gt if gt_images is None else gt_images)[frame].float() / 255.0
             psnr.append(psnr_of(pred, gt))
             psnr_head.append(psnr_of(pred, gt, d.head[frame].bool()))
             if regions:
@@ -136,6 +141,11 @@ def report_model(trainer, sets: dict, out: Path | None, light: bool = False, row
                  np.repeat((np.clip(err_map * 8, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2))
     row["test"] = test
     saved()
+    if ALT_GT is not None:   # the same renders against the other ground truth (--also-gt-halo-px)
+        row["test_altgt"] = evaluate(trainer, sets["test"], regions=True, gt_images=ALT_GT)
+        row["test_altgt"].pop("error_map")
+        if sets["val"]:
+            row["val_altgt"] = evaluate(trainer, sets["val"], gt_images=ALT_GT)
     global EVAL_MAX_SAMPLES
     primary = EVAL_MAX_SAMPLES
     for budget in ALSO_SAMPLES:
@@ -210,10 +220,14 @@ def main() -> int:
     ap.add_argument("--eval-max-samples", type=int, default=0,
                     help="samples per ray when evaluating (0 = the training setting, 16; synctalk render uses 32)")
     ap.add_argument("--also-samples", default="", help="comma list: the test split again at these budgets")
+    ap.add_argument("--gt-halo-px", type=int, default=0,
+                    help="composite_gt halo of the training targets and ground truth (also sets gt_halo_px)")
+    ap.add_argument("--also-gt-halo-px", type=int, default=None,
+                    help="also score test/val against targets composited with this halo (rows *_altgt)")
     ap.add_argument("--refine-heldout-poses", type=int, default=0,
                     help="after evaluating, fit test/val poses to their upper head for N iterations and evaluate again")
     args = ap.parse_args()
-    global EVAL_MAX_SAMPLES, REFINE_ITERS
+    global EVAL_MAX_SAMPLES, REFINE_ITERS, ALT_GT
     REFINE_ITERS = args.refine_heldout_poses
     EVAL_MAX_SAMPLES = args.eval_max_samples
     ALSO_SAMPLES.extend(int(v) for v in args.also_samples.split(",") if v)
@@ -230,10 +244,17 @@ def main() -> int:
 
     setup_logging(False)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = preset(args.preset)
+    base = preset(args.preset, gt_halo_px=args.gt_halo_px)
     start = time.perf_counter()
     data = load_subject(args.subject, args.device, downscale=base.downscale, max_frames=base.max_frames,
-                        scene_fill=base.scene_fill, head_box_margin=base.head_box_margin)
+                        scene_fill=base.scene_fill, head_box_margin=base.head_box_margin,
+                        gt_halo_px=args.gt_halo_px)
+    if args.also_gt_halo_px is not None and args.also_gt_halo_px != args.gt_halo_px:
+        other = load_subject(args.subject, args.device, downscale=base.downscale, max_frames=base.max_frames,
+                             scene_fill=base.scene_fill, head_box_margin=base.head_box_margin,
+                             scene=data.scene, gt_halo_px=args.also_gt_halo_px)
+        ALT_GT = other.gt
+        del other
     on_gpu = torch.device(args.device).type == "cuda"
     train_ids = data.train_ids.cpu().numpy()
     test_ids = data.test_ids.cpu().numpy()
@@ -297,7 +318,7 @@ def main() -> int:
 
     for spec in args.variant:
         name, items = parse_variant(spec)
-        trainer = Trainer(data, preset(args.preset, **parse_overrides(items)), work / name)
+        trainer = Trainer(data, preset(args.preset, gt_halo_px=args.gt_halo_px, **parse_overrides(items)), work / name)
         row = {"overrides": items, "stages": {}, "curve": []}
         train(trainer, "head", row, name)
         finish(name, trainer, row)
@@ -307,7 +328,8 @@ def main() -> int:
         del trainer
         for lips_name, lips_items in lips_specs:
             both = f"{name}+{lips_name}"
-            trainer = Trainer(data, preset(args.preset, **parse_overrides(items + lips_items)), work / both)
+            trainer = Trainer(data, preset(args.preset, gt_halo_px=args.gt_halo_px,
+                                          **parse_overrides(items + lips_items)), work / both)
             trainer.load(head_state)
             row = {"head": name, "overrides": items + lips_items, "lips_overrides": lips_items,
                    "stages": {}, "curve": []}

@@ -181,6 +181,26 @@ def test_composite_gt_replaces_only_background():
     assert np.array_equal(gt[bg], plate[bg]) and np.array_equal(gt[~bg], frame[~bg])
 
 
+def test_composite_gt_halo_keeps_the_frame_just_around_the_head():
+    import cv2
+
+    from synctalk.prepare.background import composite_gt
+
+    frame, labels, plate = _head_scene()
+    noisy = frame.copy()
+    noisy[labels == S.LABEL_BACKGROUND] = 7          # the frame's own background colour
+    gt = composite_gt(noisy, labels, plate, halo_px=3)
+    bg = labels == S.LABEL_BACKGROUND
+    head = ((labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)).astype(np.uint8)
+    dist = cv2.distanceTransform(1 - head, cv2.DIST_L2, 5)
+    near, far = bg & (dist <= 2.5), bg & (dist >= 4.5)
+    assert near.sum() > 0 and far.sum() > 0
+    assert np.all(gt[near] == 7)                     # within the halo: the frame
+    assert np.array_equal(gt[far], plate[far])       # beyond it: the plate
+    assert np.array_equal(gt[~bg], frame[~bg])       # the person is untouched
+    assert np.array_equal(composite_gt(noisy, labels, plate, halo_px=0), composite_gt(noisy, labels, plate))
+
+
 def test_prefetched_reraises_worker_failure_and_stops_early():
     from synctalk.prepare.background import _prefetched
 

@@ -43,6 +43,7 @@ class EvaluateOptions:
     reuse_frames: bool = False
     video: bool = True                   # side-by-side GT | render | difference MP4 per mode
     max_frames: int | None = None        # evaluate only the first N test frames (quick checks)
+    gt_halo_px: int = 0                  # composite_gt's halo for the plate ground truth (0 = the original's)
 
 
 def _unavailable(e: Exception) -> dict:
@@ -69,8 +70,9 @@ def _write_pngs(folder: Path, frames: np.ndarray) -> None:
         (folder / f"frame_{i:05d}.png").write_bytes(data.tobytes())
 
 
-def ground_truth(sub: S.Subject, ids: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """{"plate": frames with the plate as background, "frame": original frames} at the render size."""
+def ground_truth(sub: S.Subject, ids: np.ndarray, size: tuple[int, int], halo_px: int = 0) -> dict[str, np.ndarray]:
+    """{"plate": frames with the plate as background, "frame": original frames} at the render size;
+    ``halo_px`` is ``composite_gt``'s (the frame's colour kept that far around the head)."""
     import cv2
 
     from synctalk.io.video import iter_frames
@@ -83,7 +85,7 @@ def ground_truth(sub: S.Subject, ids: np.ndarray, size: tuple[int, int]) -> dict
     with MaskReader(sub.path(S.PARSING)) as labels:
         for i, frame in enumerate(iter_frames(sub.path(S.FRAMES), 0, int(ids.max()) + 1)):
             if i in wanted:
-                with_plate = composite_gt(frame, labels[i], plate)
+                with_plate = composite_gt(frame, labels[i], plate, halo_px)
                 if frame.shape[:2] != size:
                     frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
                     with_plate = cv2.resize(with_plate, (size[1], size[0]), interpolation=cv2.INTER_AREA)
@@ -229,7 +231,7 @@ def evaluate_subject(subject_root: str | Path, audios: tuple[str | Path, ...] = 
         ids = ids[: options.max_frames]
     if ids.size == 0:
         raise InputError(f"{root} has an empty test split")
-    gts = ground_truth(sub, ids, size)
+    gts = ground_truth(sub, ids, size, options.gt_halo_px)
     wav = load_driving_audio(sub.path(S.AUDIO), allow_silent=True)
     test_audio = wav[ids[0] * 640:(ids[-1] + 1) * 640]
     can_write = mp4_backend() is not None

@@ -226,9 +226,9 @@ def load_audio_features(sub: S.Subject, n_frames: int) -> np.ndarray:
 
 def load_subject(root: str | Path, device: torch.device | str, downscale: int = 1, max_frames: int | None = None,
                  head_box_margin: float = 0.15, scene_fill: float = 0.8,
-                 scene: SceneTransform | None = None) -> TrainData:
+                 scene: SceneTransform | None = None, gt_halo_px: int = 0) -> TrainData:
     """Read a prepared subject into device memory (see the module docstring). ``scene`` reuses a saved
-    transform (resume / rendering) instead of deriving it again."""
+    transform (resume / rendering) instead of deriving it again; ``gt_halo_px`` is ``composite_gt``'s."""
     import cv2
 
     from synctalk.prepare.background import composite_gt, load_plate
@@ -249,7 +249,7 @@ def load_subject(root: str | Path, device: torch.device | str, downscale: int = 
     gt = np.empty((n, h, w, 3), np.uint8)
     head = np.empty((n, h, w), np.uint8)
     for i in range(n):
-        target = composite_gt(frames[i], labels[i], plate)
+        target = composite_gt(frames[i], labels[i], plate, gt_halo_px)
         is_head = ((labels[i] == S.LABEL_FACE) | (labels[i] == S.LABEL_HAIR)).astype(np.uint8)
         if size is not None:
             target = cv2.resize(target, (w, h), interpolation=cv2.INTER_AREA)

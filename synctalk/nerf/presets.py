@@ -29,6 +29,9 @@ class TrainConfig:
     downscale: int = 1                 # train on frames resized by 1/downscale (tiny: CPU speed)
     max_frames: int | None = None      # use only the first N frames (tests)
     head_box_margin: float = 0.15      # head box grown by this fraction of its size for ray sampling
+    # Target outline: background pixels within this many px of the head keep the frame's colour instead
+    # of the plate (prepare.background.composite_gt; 0 = the original's hard cut at the parsing mask).
+    gt_halo_px: int = 0
     box_ray_fraction: float = 0.8      # share of rays drawn inside the head box (rest: whole frame)
     # head stage
     head_steps: int = 4000

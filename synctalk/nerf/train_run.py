@@ -58,7 +58,8 @@ def train_subject(root: str | Path, cfg: TrainConfig, stages: tuple[str, ...] = 
     device = resolve_device(cfg.device)
     started = time.perf_counter()
     data = load_subject(root, device, downscale=cfg.downscale, max_frames=cfg.max_frames,
-                        head_box_margin=cfg.head_box_margin, scene_fill=cfg.scene_fill, scene=scene)
+                        head_box_margin=cfg.head_box_margin, scene_fill=cfg.scene_fill, scene=scene,
+                        gt_halo_px=cfg.gt_halo_px)
     load_seconds = time.perf_counter() - started
     trainer = Trainer(data, cfg, work)
     if resume:

@@ -50,7 +50,7 @@ def load_frozen_head(root: Path, work: Path, device: torch.device) -> tuple[Trai
     head_cfg = dataclasses.replace(config_from_checkpoint(meta), device=str(device))
     data = load_subject(root, device, downscale=head_cfg.downscale, max_frames=head_cfg.max_frames,
                         head_box_margin=head_cfg.head_box_margin, scene_fill=head_cfg.scene_fill,
-                        scene=SceneTransform.from_json(meta["scene"]))
+                        scene=SceneTransform.from_json(meta["scene"]), gt_halo_px=head_cfg.gt_halo_px)
     head = Trainer(data, head_cfg, work)
     head.field.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     head.grid.load_state_dict({k[len("grid."):]: v for k, v in tensors.items() if k.startswith("grid.")})
