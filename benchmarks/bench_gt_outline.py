@@ -6,7 +6,10 @@ For background-labelled pixels beside the head (nearer the head than the rest of
 between the frame and the clean plate, by distance from the person mask. Where the frame still differs
 from the plate, the parsing cut off part of the real edge (hair halo, soft edge, compression ringing);
 ``composite_gt``'s ``halo_px`` keeps the frame's colour out to that distance. Also prints, per halo, how
-close the target (``composite_gt``) is to the frame on those pixels.
+close the target (``composite_gt``) is to the frame on those pixels, and how much the target changes
+between consecutive frames in a band around the head outline (RMS, 0-255 levels): the raw frames'
+own change there (the head moving) is the floor; what a target adds above it is mask jitter that no
+single field can fit.
 """
 
 from __future__ import annotations
@@ -47,11 +50,23 @@ def main() -> int:
     by_band: dict[tuple, list[float]] = {b: [] for b in BANDS}
     by_halo: dict[int, list[float]] = {h: [] for h in halos}
     used = 0
+    flicker: dict[str, list[float]] = {"frame": [], **{f"halo {h}": [] for h in halos}}
+    previous = None
     with MaskReader(sub.path(S.PARSING)) as reader:
         for i, frame in enumerate(iter_frames(sub.path(S.FRAMES), 0, sub.n_frames)):
-            if i % args.every:
+            if i % args.every and (i + 1) % args.every:
                 continue
             labels = reader[i]
+            head_now = ((labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)).astype(np.uint8)
+            ring = cv2.dilate(head_now, np.ones((9, 9), np.uint8)) & (1 - cv2.erode(head_now, np.ones((9, 9), np.uint8)))
+            current = {"frame": frame.astype(np.float64),
+                       **{f"halo {h}": composite_gt(frame, labels, plate, h).astype(np.float64) for h in halos}}
+            if previous is not None and previous[0] == i - 1:
+                for key, image in current.items():
+                    flicker[key].append(float(((image - previous[1][key]) ** 2).mean(axis=-1)[ring > 0].mean()))
+            previous = (i, current)
+            if i % args.every:
+                continue
             person = (labels != S.LABEL_BACKGROUND).astype(np.uint8)
             head = ((labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)).astype(np.uint8)
             dist = cv2.distanceTransform(1 - person, cv2.DIST_L2, 5)
@@ -78,6 +93,10 @@ def main() -> int:
     print("|---|---:|")
     for h, values in by_halo.items():
         print(f"| {h} | {psnr(float(np.mean(values))):.1f} |")
+    print("| consecutive-frame change within 4 px of the head outline | RMS (levels) |")
+    print("|---|---:|")
+    for key, values in flicker.items():
+        print(f"| {key} | {float(np.sqrt(np.mean(values))):.2f} |")
     return 0
 
 
