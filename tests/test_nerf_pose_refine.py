@@ -126,9 +126,9 @@ def test_corrections_recover_a_known_camera_error(tmp_path):
     assert np.isfinite(d.numpy()).all()
 
 
-def test_exported_corrections_reach_the_renderer(tmp_path):
+def test_exported_corrections_reach_the_renderer(tmp_path, monkeypatch):
     """The exported model carries every frame's correction; the render engine with corrected poses
-    matches the trainer's own render of a training frame, and a RenderSession applies them."""
+    matches the trainer's own render of a training frame; RenderSession and the torso stage apply them."""
     from synctalk.render.engine import HeadRenderer
     from synctalk.render.model import load_head_model
     from synctalk.render.session import RenderSession
@@ -156,6 +156,16 @@ def test_exported_corrections_reach_the_renderer(tmp_path):
     for k, ref in enumerate(refs):
         assert float((out.rgb[k] - ref).abs().max()) < 1e-4
     assert float((tracked.rgb - torch.stack(refs)).abs().max()) > 1e-3   # the corrections matter
-    session = RenderSession(make_subject(tmp_path / "s", work), workspace=work, device="cpu")
+    root = make_subject(tmp_path / "s", work)
+    session = RenderSession(root, workspace=work, device="cpu")
     n = data.n_frames
     assert np.allclose(session.c2w_nerf[:n], (data.c2w @ corr).numpy(), atol=1e-5)
+    # The torso stage trains against the same corrected cameras the renderer uses (its subject loader
+    # is swapped for the synthetic scene's: this render subject has no landmarks).
+    import synctalk.torso.train as torso_train
+    from test_render_engine import synthetic_data as render_scene
+
+    monkeypatch.setattr(torso_train, "load_subject", lambda *a, **k: render_scene())
+    frozen, _ = torso_train.load_frozen_head(root, work, torch.device("cpu"))
+    assert torch.allclose(frozen.data.c2w, data.c2w @ corr, atol=1e-5)
+    assert frozen.poses is None

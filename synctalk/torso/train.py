@@ -51,7 +51,10 @@ def load_frozen_head(root: Path, work: Path, device: torch.device) -> tuple[Trai
     data = load_subject(root, device, downscale=head_cfg.downscale, max_frames=head_cfg.max_frames,
                         head_box_margin=head_cfg.head_box_margin, scene_fill=head_cfg.scene_fill,
                         scene=SceneTransform.from_json(meta["scene"]), gt_halo_px=head_cfg.gt_halo_px)
-    head = Trainer(data, head_cfg, work)
+    correction = tensors.get("pose.c2w_correction")
+    if correction is not None:   # cameras refined with the head (pose_refine): as RenderSession does
+        data.c2w = data.c2w @ correction.to(data.c2w)
+    head = Trainer(data, dataclasses.replace(head_cfg, pose_refine=False), work)
     head.field.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     head.grid.load_state_dict({k[len("grid."):]: v for k, v in tensors.items() if k.startswith("grid.")})
     head.field.requires_grad_(False).eval()
