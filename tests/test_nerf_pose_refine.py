@@ -12,7 +12,7 @@ import torch
 from synctalk.nerf.pose_refine import RowAdam, so3_exp
 from synctalk.nerf.trainer import RayBatch, Trainer
 
-from test_nerf_train import synthetic_data, tiny_cfg
+from test_nerf_train import resumed_after, synthetic_data, tiny_cfg
 
 
 def _skew(w: torch.Tensor) -> torch.Tensor:
@@ -76,11 +76,7 @@ def test_trainer_learns_corrections_for_training_frames_only_and_resumes_exactly
     full.train_stage("lips")                                                   # poses are not learned here
     assert torch.equal(full.poses.delta.detach(), delta)
 
-    half = Trainer(synthetic_data(), cfg, tmp_path / "b")
-    half.train_stage("head", stop_at=5)
-    half.save(tmp_path / "b" / "latest")
-    resumed = Trainer(synthetic_data(), cfg, tmp_path / "c")
-    resumed.load(tmp_path / "b" / "latest")
+    resumed = resumed_after(cfg, tmp_path, stop_at=5)
     resumed.train_stage("head")
     assert torch.equal(resumed.poses.delta.detach(), delta)
     head_only = Trainer(synthetic_data(), cfg, tmp_path / "d")

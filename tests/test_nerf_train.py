@@ -51,17 +51,23 @@ def tiny_cfg(**kw):
     return preset("tiny", **base)
 
 
+def resumed_after(cfg, workdir, stop_at: int) -> Trainer:
+    """A head stage interrupted at ``stop_at``, saved, and loaded into a fresh Trainer (resume tests)."""
+    half = Trainer(synthetic_data(), cfg, workdir / "half")
+    half.train_stage("head", stop_at=stop_at)
+    half.save(workdir / "half" / "latest")
+    resumed = Trainer(synthetic_data(), cfg, workdir / "resumed")
+    resumed.load(workdir / "half" / "latest")
+    return resumed
+
+
 def test_resume_is_exact(tmp_path):
     cfg = tiny_cfg()
     full = Trainer(synthetic_data(), cfg, tmp_path / "a")
     full.train_stage("head")
     full.train_stage("lips")
 
-    half = Trainer(synthetic_data(), cfg, tmp_path / "b")
-    half.train_stage("head", stop_at=5)    # interrupted mid-stage
-    half.save(tmp_path / "b" / "latest")
-    resumed = Trainer(synthetic_data(), cfg, tmp_path / "c")
-    resumed.load(tmp_path / "b" / "latest")
+    resumed = resumed_after(cfg, tmp_path, stop_at=5)    # interrupted mid-stage
     assert (resumed.stage, resumed.stage_step) == ("head", 5)
     resumed.train_stage("head")
     resumed.train_stage("lips")
@@ -194,11 +200,7 @@ def test_generalisation_settings_resume_exactly_and_old_configs_load(tmp_path):
     full = Trainer(synthetic_data(), cfg, tmp_path / "a")
     full.train_stage("head")
     full.train_stage("lips")
-    half = Trainer(synthetic_data(), cfg, tmp_path / "b")
-    half.train_stage("head", stop_at=3)
-    half.save(tmp_path / "b" / "latest")
-    resumed = Trainer(synthetic_data(), cfg, tmp_path / "c")
-    resumed.load(tmp_path / "b" / "latest")
+    resumed = resumed_after(cfg, tmp_path, stop_at=3)
     resumed.train_stage("head")
     resumed.train_stage("lips")
     for (name, a), (_, b) in zip(full.field.state_dict().items(), resumed.field.state_dict().items()):

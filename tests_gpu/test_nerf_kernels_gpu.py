@@ -34,6 +34,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
+def random_grid_inputs(cfg: HashGridConfig, points_grad: bool = False):
+    """A fresh random table (requiring grad), 100,003 points (some outside the bound, to exercise the
+    clamp) and the generator that drew them."""
+    gen = torch.Generator(device=DEVICE).manual_seed(torch.seed() % 2**31)
+    rows = level_layout(cfg).total_rows
+    table = torch.randn(3, rows, cfg.features_per_level, device=DEVICE, generator=gen).requires_grad_()
+    points = (torch.rand(100_003, 3, device=DEVICE, generator=gen) * 2.2 - 1.1) * cfg.bound
+    return table, points.requires_grad_(points_grad), gen
+
+
 @pytest.mark.parametrize("cfg", [
     HashGridConfig(),  # the original's 12 levels x 1 feature, 2^14 table
     HashGridConfig(num_levels=16, features_per_level=2, log2_table_size=19, base_resolution=16, finest_resolution=2048),
@@ -41,11 +51,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
                    bound=0.7),
 ])
 def test_hashgrid_fused_matches_reference(cfg: HashGridConfig) -> None:
-    gen = torch.Generator(device=DEVICE).manual_seed(torch.seed() % 2**31)
-    rows = level_layout(cfg).total_rows
-    table = torch.randn(3, rows, cfg.features_per_level, device=DEVICE, generator=gen).requires_grad_()
-    # Some points lie outside the bound to exercise clamping.
-    points = (torch.rand(100_003, 3, device=DEVICE, generator=gen) * 2.2 - 1.1) * cfg.bound
+    table, points, gen = random_grid_inputs(cfg)
     ref = hashgrid_encode_reference(points, table, cfg)
     fused = hashgrid_encode_fused(points, table, cfg)
     assert fused.shape == ref.shape
@@ -62,10 +68,7 @@ def test_hashgrid_fused_matches_reference(cfg: HashGridConfig) -> None:
                    bound=0.7),
 ])
 def test_hashgrid_fused_point_gradient_matches_reference(cfg: HashGridConfig) -> None:
-    gen = torch.Generator(device=DEVICE).manual_seed(torch.seed() % 2**31)
-    rows = level_layout(cfg).total_rows
-    table = torch.randn(3, rows, cfg.features_per_level, device=DEVICE, generator=gen).requires_grad_()
-    points = ((torch.rand(100_003, 3, device=DEVICE, generator=gen) * 2.2 - 1.1) * cfg.bound).requires_grad_()
+    table, points, gen = random_grid_inputs(cfg, points_grad=True)
     ref = hashgrid_encode_reference(points, table, cfg)
     fused = hashgrid_encode_fused(points, table, cfg)
     upstream = torch.randn(ref.shape, device=DEVICE, generator=gen)
