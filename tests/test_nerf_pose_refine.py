@@ -116,7 +116,6 @@ def test_corrections_recover_a_known_camera_error(tmp_path):
     # Image shift of the correction in px (one translation unit moves the head's image by ~1 px at the
     # mean camera distance): a turn about +y moves the scene right, a move along +x moves it left.
     shift = float(d[1]) - float(d[3])
-    print(f"loss {before:.4f} -> {after:.4f}, shift {shift:+.2f} px")
     assert after < before * 0.9
     assert shift < -1.0 and math.isfinite(shift)
     assert np.isfinite(d.numpy()).all()
@@ -165,3 +164,26 @@ def test_exported_corrections_reach_the_renderer(tmp_path, monkeypatch):
     frozen, _ = torso_train.load_frozen_head(root, work, torch.device("cpu"))
     assert torch.allclose(frozen.data.c2w, data.c2w @ corr, atol=1e-5)
     assert frozen.poses is None
+
+
+def test_refine_poses_fits_given_frames_and_leaves_training_state_alone(tmp_path):
+    """refine_poses on a model trained without pose_refine: only the given frame's camera moves, towards
+    undoing a known 2-px turn (upper head only), and a checkpoint saved afterwards holds no pose state."""
+    from synctalk.nerf import checkpoint as ckpt
+    from synctalk.nerf.pose_refine import refine_poses
+
+    trainer = _fitted_trainer(tmp_path)
+    data, fx = trainer.data, float(trainer.data.intrinsics[0])
+    frame = 1
+    data.c2w[frame, :3, :3] = data.c2w[frame, :3, :3] @ so3_exp(torch.tensor([[0.0, 2.0 / fx, 0.0]]))[0]
+    facts = refine_poses(trainer, [frame], iterations=60, frames_per_iter=1, rays_per_frame=512, lr=0.2)
+    d = trainer.poses.delta.detach()
+    shift = float(d[frame, 1]) - float(d[frame, 3])
+    assert -4.0 < shift < -1.0 and math.isfinite(facts["l1_upper_head"])
+    others = torch.ones(data.n_frames, dtype=torch.bool)
+    others[frame] = False
+    assert torch.equal(d[others], torch.zeros_like(d[others]))
+    assert all(p.requires_grad for p in trainer.field.parameters())   # the field is thawed again
+    trainer.save(tmp_path / "after")
+    tensors, _ = ckpt.load_checkpoint(tmp_path / "after")
+    assert not any(k.startswith("pose") for k in tensors)

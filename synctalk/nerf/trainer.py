@@ -445,7 +445,7 @@ class Trainer:
         tensors["rng"] = self.rng.get_state()
         optim, _ = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors.update(optim)
-        if self.poses is not None:
+        if self.pose_optimizer is not None:   # poses attached by refine_poses alone are not training state
             tensors["pose.delta"] = self.poses.delta.detach()
             tensors.update({f"pose_optim.{k}": v for k, v in self.pose_optimizer.state_tensors().items()})
         return tensors
@@ -471,7 +471,7 @@ class Trainer:
             optim = {k: (v.cpu() if k.endswith(".step") else v) for k, v in optim.items()}
         if optim:
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(optim, meta["optimizer_groups"]))
-        if self.poses is not None and "pose.delta" in tensors:
+        if self.pose_optimizer is not None and "pose.delta" in tensors:
             with torch.no_grad():
                 self.poses.delta.copy_(tensors["pose.delta"])
             self.pose_optimizer.load_state_tensors(
