@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from synctalk.nerf.pose_refine import RowAdam, so3_exp
@@ -57,10 +58,23 @@ def test_row_adam_moves_only_the_rows_it_is_given():
     assert param.grad is None and opt.count.tolist() == [0, 1, 0, 1, 0]
 
 
-def _fitted_trainer(tmp_path, **kw) -> Trainer:
+FITTED = dict(head_steps=120, rays_per_step=512)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """The disc scene fitted once (no pose refinement); tests load it into their own Trainer."""
+    work = tmp_path_factory.mktemp("fitted")
     torch.manual_seed(0)
-    trainer = Trainer(synthetic_data(), tiny_cfg(head_steps=120, rays_per_step=512, **kw), tmp_path)
+    trainer = Trainer(synthetic_data(), tiny_cfg(**FITTED), work)
     trainer.train_stage("head")
+    trainer.save(work / "state")
+    return work / "state"
+
+
+def _fitted_trainer(state, tmp_path, **kw) -> Trainer:
+    trainer = Trainer(synthetic_data(), tiny_cfg(**FITTED, **kw), tmp_path)
+    trainer.load(state)
     return trainer
 
 
@@ -85,10 +99,10 @@ def test_trainer_learns_corrections_for_training_frames_only_and_resumes_exactly
         assert torch.equal(a, b), name
 
 
-def test_corrections_recover_a_known_camera_error(tmp_path):
+def test_corrections_recover_a_known_camera_error(fitted, tmp_path):
     """Fit the disc scene, then turn frame 1's camera by 2 px: refining that frame alone against the
     fitted field must turn it back (the image shift of the correction is about -2 px) and lower its loss."""
-    trainer = _fitted_trainer(tmp_path, pose_refine=True, pose_refine_start=2.0)  # never learned in training
+    trainer = _fitted_trainer(fitted, tmp_path, pose_refine=True, pose_refine_start=2.0)
     data, fx = trainer.data, float(trainer.data.intrinsics[0])
     turn = so3_exp(torch.tensor([[0.0, 2.0 / fx, 0.0]]))[0]
     data.c2w[1, :3, :3] = data.c2w[1, :3, :3] @ turn
@@ -166,13 +180,13 @@ def test_exported_corrections_reach_the_renderer(tmp_path, monkeypatch):
     assert frozen.poses is None
 
 
-def test_refine_poses_fits_given_frames_and_leaves_training_state_alone(tmp_path):
+def test_refine_poses_fits_given_frames_and_leaves_training_state_alone(fitted, tmp_path):
     """refine_poses on a model trained without pose_refine: only the given frame's camera moves, towards
     undoing a known 2-px turn (upper head only), and a checkpoint saved afterwards holds no pose state."""
     from synctalk.nerf import checkpoint as ckpt
     from synctalk.nerf.pose_refine import refine_poses
 
-    trainer = _fitted_trainer(tmp_path)
+    trainer = _fitted_trainer(fitted, tmp_path)
     data, fx = trainer.data, float(trainer.data.intrinsics[0])
     frame = 1
     data.c2w[frame, :3, :3] = data.c2w[frame, :3, :3] @ so3_exp(torch.tensor([[0.0, 2.0 / fx, 0.0]]))[0]
