@@ -57,8 +57,8 @@ def main() -> int:
             if i % args.every and (i + 1) % args.every:
                 continue
             labels = reader[i]
-            head_now = ((labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)).astype(np.uint8)
-            ring = cv2.dilate(head_now, np.ones((9, 9), np.uint8)) & (1 - cv2.erode(head_now, np.ones((9, 9), np.uint8)))
+            head = S.head_mask(labels).astype(np.uint8)
+            ring = cv2.dilate(head, np.ones((9, 9), np.uint8)) & (1 - cv2.erode(head, np.ones((9, 9), np.uint8)))
             current = {"frame": frame.astype(np.float64),
                        **{f"halo {h}": composite_gt(frame, labels, plate, h).astype(np.float64) for h in halos}}
             if previous is not None and previous[0] == i - 1:
@@ -68,7 +68,6 @@ def main() -> int:
             if i % args.every:
                 continue
             person = (labels != S.LABEL_BACKGROUND).astype(np.uint8)
-            head = ((labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)).astype(np.uint8)
             dist = cv2.distanceTransform(1 - person, cv2.DIST_L2, 5)
             dist_head = cv2.distanceTransform(1 - head, cv2.DIST_L2, 5)
             beside_head = (labels == S.LABEL_BACKGROUND) & (dist_head <= dist + 0.5)
@@ -79,8 +78,8 @@ def main() -> int:
                     by_band[(lo, hi)].append(float(sq[m].mean()))
             near = beside_head & (dist <= 8)
             for h in halos:
-                target = composite_gt(frame, labels, plate, h).astype(np.float64)
-                by_halo[h].append(float(((target - frame) ** 2).mean(axis=-1)[near].mean()))
+                target = current[f"halo {h}"]
+                by_halo[h].append(float(((target - current["frame"]) ** 2).mean(axis=-1)[near].mean()))
             used += 1
     print(f"{sub.root}: {used} frames (every {args.every}th)")
     print("| px from the person (background beside the head) | frame vs plate PSNR (dB) |")

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REGIONS = ("mouth", "seam", "edge", "lower_face", "upper_face", "hair", "outside")
 EVAL_MAX_SAMPLES = 0   # --eval-max-samples: samples per ray of every evaluation render (0 = the training setting)
 REFINE_ITERS = 0              # --refine-heldout-poses: iterations of the held-out pose fit (0 = none)
-ALSO_SAMPLES: list[int] = []
-ALT_GT = None                 # --also-gt-halo-px: uint8 targets composited with another halo   # --also-samples: the test split again at these budgets (row test_sN)
+ALSO_SAMPLES: list[int] = []  # --also-samples: the test split again at these budgets (row test_sN)
+ALT_GT = None                 # --also-gt-halo-px: uint8 targets composited with another halo
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -80,10 +80,11 @@ def region_masks(data, frame: int):
 
 
 def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path | None = None,
-             save_first: int = 0, audio_of=None, gt_images=None) -> dict:
+             save_first: int = 0, audio_of=None, gt_images=None, max_samples: int | None = None) -> dict:
     """EMA renders of ``frames``: mean PSNR (frame / head) and, with ``regions``, the error split.
     ``audio_of(frame) -> frame`` picks whose audio drives each render (default: its own);
-    ``gt_images`` [N, H, W, 3] uint8 replaces the training data's targets as the ground truth."""
+    ``gt_images`` [N, H, W, 3] uint8 replaces the training data's targets as the ground truth;
+    ``max_samples`` per ray defaults to --eval-max-samples."""
     import numpy as np
     import torch
 
@@ -97,7 +98,7 @@ def evaluate(trainer, frames: list[int], regions: bool = False, save_dir: Path |
     with trainer.ema_weights():
         for k, frame in enumerate(frames):
             pred = render_frame(trainer, frame, audio_frame=None if audio_of is None else audio_of(frame),
-                                max_samples=EVAL_MAX_SAMPLES or None)
+                                max_samples=max_samples or EVAL_MAX_SAMPLES or None)
             gt = (d.gt if gt_images is None else gt_images)[frame].float() / 255.0
             psnr.append(psnr_of(pred, gt))
             psnr_head.append(psnr_of(pred, gt, d.head[frame].bool()))
@@ -146,14 +147,8 @@ def report_model(trainer, sets: dict, out: Path | None, light: bool = False, row
         row["test_altgt"].pop("error_map")
         if sets["val"]:
             row["val_altgt"] = evaluate(trainer, sets["val"], gt_images=ALT_GT)
-    global EVAL_MAX_SAMPLES
-    primary = EVAL_MAX_SAMPLES
     for budget in ALSO_SAMPLES:
-        EVAL_MAX_SAMPLES = budget
-        try:
-            row[f"test_s{budget}"] = evaluate(trainer, sets["test"])
-        finally:
-            EVAL_MAX_SAMPLES = primary
+        row[f"test_s{budget}"] = evaluate(trainer, sets["test"], max_samples=budget)
     if sets["val"]:
         row["val"] = evaluate(trainer, sets["val"], regions=True)
         row["val"].pop("error_map")

@@ -41,6 +41,11 @@ LABEL_TORSO = 4
 LABEL_NAMES = {0: "background", 1: "face", 2: "hair", 3: "neck", 4: "torso"}
 HEAD_LABELS = (LABEL_FACE, LABEL_HAIR)  # what the NeRF head model renders
 
+
+def head_mask(labels: np.ndarray) -> np.ndarray:
+    """Label map(s) -> bool mask of the head (HEAD_LABELS: face + hair), same shape."""
+    return (labels == LABEL_FACE) | (labels == LABEL_HAIR)
+
 EXPRESSION_NAMES = (
     "brow_down_left",
     "brow_down_right",

@@ -250,7 +250,7 @@ def load_subject(root: str | Path, device: torch.device | str, downscale: int = 
     head = np.empty((n, h, w), np.uint8)
     for i in range(n):
         target = composite_gt(frames[i], labels[i], plate, gt_halo_px)
-        is_head = ((labels[i] == S.LABEL_FACE) | (labels[i] == S.LABEL_HAIR)).astype(np.uint8)
+        is_head = S.head_mask(labels[i]).astype(np.uint8)
         if size is not None:
             target = cv2.resize(target, (w, h), interpolation=cv2.INTER_AREA)
             is_head = cv2.resize(is_head, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -54,15 +54,17 @@ class PoseCorrection(torch.nn.Module):
         self.register_buffer("trained", trained.clone().long())
 
     def matrices(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Corrections of ``frames`` [R] -> rotation [R, 3, 3] and translation [R, 3] (camera frame)."""
-        d = self.delta.index_select(0, frames) * self.unit
-        return so3_exp(d[:, :3]), d[:, 3:]
+        """Corrections of ``frames`` [R] -> rotation [R, 3, 3] and translation [R, 3] (camera frame).
+        The rotations are built once per frame (N rows, far fewer than a batch's rays) and gathered."""
+        d = self.delta * self.unit
+        return so3_exp(d[:, :3]).index_select(0, frames), d[:, 3:].index_select(0, frames)
 
     @torch.no_grad()
     def c2w_corrections(self) -> torch.Tensor:
         """Every frame's correction as a [N, 4, 4] matrix in NeRF units (c2w' = c2w @ this); what the
         exported model carries so the renderer can apply it without knowing the pixel units."""
-        rot, trans = self.matrices(torch.arange(self.delta.shape[0], device=self.delta.device))
+        d = self.delta * self.unit
+        rot, trans = so3_exp(d[:, :3]), d[:, 3:]
         out = torch.eye(4, device=rot.device).repeat(rot.shape[0], 1, 1)
         out[:, :3, :3], out[:, :3, 3] = rot, trans
         return out

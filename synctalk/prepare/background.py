@@ -72,7 +72,7 @@ def composite_gt(frame: np.ndarray, labels: np.ndarray, plate: np.ndarray, halo_
     mask's frame-to-frame jitter into the target; 5 px out the cut is invisible."""
     background = labels == S.LABEL_BACKGROUND
     if halo_px > 0:
-        head = ((labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)).astype(np.uint8)
+        head = S.head_mask(labels).astype(np.uint8)
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * halo_px + 1, 2 * halo_px + 1))
         background = background & (cv2.dilate(head, disk) == 0)
     return np.where(background[..., None], plate, frame)

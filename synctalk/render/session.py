@@ -124,7 +124,7 @@ class RenderSession:
         """[N, H, W] label maps -> [N, 4] int64 parsed head (face + hair) boxes grown by the margin."""
         from synctalk.nerf.data import _clip_boxes, boxes_from_profiles
 
-        head = (labels == S.LABEL_FACE) | (labels == S.LABEL_HAIR)
+        head = S.head_mask(labels)
         boxes = boxes_from_profiles(head.any(axis=2), head.any(axis=1), self.head_box_margin)
         return _clip_boxes(boxes, *self.size)
 

@@ -41,11 +41,17 @@ def _plane_uv(points_ptr, offs, mask, plane: tl.constexpr, bound):
 
 @triton.jit
 def _plane_uv_unclamped(points_ptr, offs, mask, plane: tl.constexpr, bound):
+    # _plane_uv before its clamp (the point-gradient kernel needs both).
     a: tl.constexpr = 1 if plane == 1 else 0
     b: tl.constexpr = 1 if plane == 0 else 2
     pa = tl.load(points_ptr + offs * 3 + a, mask=mask, other=0.0)
     pb = tl.load(points_ptr + offs * 3 + b, mask=mask, other=0.0)
     return (pa + bound) / (2.0 * bound), (pb + bound) / (2.0 * bound)
+
+
+@triton.jit
+def _clamp01(x):
+    return tl.minimum(tl.maximum(x, 0.0), 1.0)
 
 
 @triton.jit
@@ -135,8 +141,8 @@ def _hashgrid_bwd_points_kernel(points_ptr, grad_out_ptr, emb_ptr, grad_points_p
     gy = tl.zeros((BLOCK,), dtype=tl.float32)
     gz = tl.zeros((BLOCK,), dtype=tl.float32)
     for plane in tl.static_range(NUM_PLANES):
-        u, v = _plane_uv(points_ptr, offs, mask, plane, bound)
-        ua, ub = _plane_uv_unclamped(points_ptr, offs, mask, plane, bound)
+        ua, ub = _plane_uv_unclamped(points_ptr, offs, mask, plane, bound)   # read once, clamped here
+        u, v = _clamp01(ua), _clamp01(ub)
         gu = tl.zeros((BLOCK,), dtype=tl.float32)
         gv = tl.zeros((BLOCK,), dtype=tl.float32)
         for level in tl.static_range(NUM_LEVELS):
