@@ -203,11 +203,12 @@ def gpu_phase(args: argparse.Namespace) -> None:
         shutil.rmtree(frames_dir, ignore_errors=True)
         audio_path = wav if not args.max_audio_seconds else _clip_audio(wav, args.max_audio_seconds, work)
         info, entry = stages.run(f"drive {wav.stem}", render_audio, root, audio_path, None, RenderOptions(
-            torso=MODES[drive_mode][0], portrait=MODES[drive_mode][1], frames_dir=frames_dir, device=device))
+            torso=MODES[drive_mode][0], portrait=MODES[drive_mode][1], frames_dir=frames_dir, device=device,
+            silence=args.drive_silence))
         facts["drive"][wav.stem] = {"frames": info["frames"], "audio_seconds": info["audio_seconds"],
                                     "fps": info["fps"], "render_seconds": info["render_seconds"],
                                     "setup_seconds": info["setup_seconds"], "mode": info["mode"],
-                                    "peak_gib": entry.get("peak_gib")}
+                                    "silence": info.get("silence"), "peak_gib": entry.get("peak_gib")}
         frames = read_pngs(frames_dir)
         if crop is not None and frames:
             k = frames[0].shape[0] / sub.size[0]   # the render may be smaller than the subject (tiny)
@@ -331,6 +332,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="gpu: return only a PX-square crop around the face of each driving-clip frame and no "
                         "test frames (enough for av_sync; several variants then fit in one return)")
     p.add_argument("--max-audio-seconds", type=float, default=None, help="gpu: cut the driving clips (smoke)")
+    p.add_argument("--drive-silence", choices=("closed", "natural"), default="closed",
+                   help="gpu: RenderOptions.silence of the driving clips. closed needs silero-vad on the machine "
+                        "(the GPU machine has none: carry the unpacked silero_vad package, e.g. .carry/silero, and "
+                        "put it on PYTHONPATH); without it the render falls back to natural and the facts say so")
     p.add_argument("--deadline", type=float, default=540.0,
                    help="gpu: seconds after which no further driving clip is started (default 540)")
     # score phase

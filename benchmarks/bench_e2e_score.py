@@ -1,7 +1,7 @@
 """Score phase of benchmarks/bench_e2e.py (CPU machine: dlib, mediapipe and PyAV are here).
 
 Reads what the GPU phase returned (``bench_gpu.json`` + ``frames_*.tar``), adds LMD (dlib 68, mouth
-points, synctalk.metrics.lmd) and av_sync (face-mesh mouth opening vs audio envelope,
+points, synctalk.metrics.lmd) and av_sync (face-mesh outer-lip height vs 800-3000 Hz audio energy,
 synctalk.audio.av_sync) per test-split mode and per driving clip, and writes:
 
   results.json / results.md   the tables (markdown printed too; docs/results.md embeds results.md)
@@ -185,6 +185,16 @@ def _f(value, fmt: str = ".2f", unit: str = "") -> str:
     return f"{value:{fmt}}{unit}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
+def _silence_cell(silence: dict | None) -> str:
+    """How the render treated the pauses (synctalk.render.silence); runs before it existed: natural."""
+    if not silence:
+        return "natural"
+    rest = silence.get("rest")
+    if silence.get("mode") == "closed" and rest:
+        return f"closed: {silence['silent_frames']} frames, rest frame {rest['frame']}"
+    return silence.get("mode", "natural") + (f" ({silence['reason']})" if silence.get("reason") else "")
+
+
 def _sync_cells(sync: dict | None, name: str, notes: list[str]) -> list[str]:
     if not sync or "unavailable" in sync:
         if sync:
@@ -254,15 +264,15 @@ def render_markdown(report: dict) -> str:
                   "loading included).", "",
               "**Driving clips** (cross-driven, mode " + gpu.get("drive_mode", "torso+portrait") + "). FPS: render loop, and the whole render call "
               "(model and frame loading, audio features, PNG writing included).", "",
-              "| clip | seconds | frames | FPS (loop) | FPS (whole call) | av_sync offset | av_sync r | "
-              "silent frames closed |", "|---|---|---|---|---|---|---|---|"]
+              "| clip | seconds | frames | FPS (loop) | FPS (whole call) | pauses (silence mode) | av_sync offset | "
+              "av_sync r | silent frames closed |", "|---|---|---|---|---|---|---|---|---|"]
     for clip, d in drive.items():
         if "skipped" in d:
-            lines.append(f"| {clip} | skipped: {d['skipped']} | | | | | | |")
+            lines.append(f"| {clip} | skipped: {d['skipped']} | | | | | | | |")
             continue
         loop = d["frames"] / d["render_seconds"] if d.get("render_seconds") else None
         lines.append(f"| {clip} | {_f(d.get('audio_seconds'), '.1f')} | {d.get('frames')} | {_f(loop, '.1f')} | "
-                     f"{_f(d.get('fps'), '.1f')} | "
+                     f"{_f(d.get('fps'), '.1f')} | {_silence_cell(d.get('silence'))} | "
                      + " | ".join(_sync_cells(d.get("av_sync"), clip, notes)) + " |")
     if notes:
         lines += [""] + [f"* {note}" for note in notes]

@@ -72,7 +72,9 @@ def test_the_results_table_is_generated_from_the_measurements():
                                "perceptual_hedvgg": 0.03, "frames": 162, "render_seconds": 1.5, "av_sync": {"unavailable": "too short"},
                                "unavailable": {"lpips_alex": "no --lpips-weights given"}}},
         "ground_truth_av_sync": sync,
-        "drive": {"obama": {"frames": 610, "audio_seconds": 24.4, "fps": 90.0, "render_seconds": 5.0, "av_sync": {**sync, "best_offset": 3}},
+        "drive": {"obama": {"frames": 610, "audio_seconds": 24.4, "fps": 90.0, "render_seconds": 5.0, "av_sync": {**sync, "best_offset": 3},
+                            "silence": {"mode": "closed", "silent_frames": 40, "frames": 610,
+                                        "rest": {"frame": 7, "candidates": 12, "source": "silent+closed"}}},
                   "demo": {"skipped": "past the 540-s deadline"}},
     }
     report["targets"] = bench_e2e_score.targets(report)
@@ -80,7 +82,7 @@ def test_the_results_table_is_generated_from_the_measurements():
     assert "| w/o portrait: head over the GT torso | 33.50 | 0.9500 | 2.50 | 10 of 10 | 0.0500 | -1 | 0.31 | 95 % of 40 | 120.0 |" in table
     assert "av_sync n/a for test portrait: too short" in table
     assert "lpips_alex n/a (portrait): no --lpips-weights given" in table
-    assert "| obama | 24.4 | 610 | 122.0 | 90.0 | +3 |" in table and "| demo | skipped: past the 540-s deadline" in table
+    assert "| obama | 24.4 | 610 | 122.0 | 90.0 | closed: 40 frames, rest frame 7 | +3 |" in table and "| demo | skipped: past the 540-s deadline" in table
     assert "| head+lips (train steps head 99 s, lips 30 s) | 180.0 | 9.50 | 30.10 |" in table
     assert "Peak GPU memory over the whole run: 9.50 GiB." in table
     assert "- met: PSNR head over GT torso >= 33 dB" in table

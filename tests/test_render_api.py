@@ -200,3 +200,67 @@ def test_prime_render_kernels_is_a_no_op_without_cuda(subject, monkeypatch):
                         lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(RuntimeError("no GPU")))
     train_run._prime_render_kernels(subject, subject / "workspace" / "nerf")   # logs, does not raise
     assert len(calls) == 1
+
+
+def test_rest_frame_is_the_medoid_of_silent_closed_train_frames():
+    from synctalk.render.silence import choose_rest_frame
+
+    feats = np.zeros((10, 4), np.float32)
+    feats[[1, 2, 3], 0] = [0.0, 1.0, 5.0]       # mean 2.0: frame 2 is the medoid
+    opening = np.full(10, 0.05, np.float32)
+    opening[[1, 2, 3, 5, 8]] = 0.001            # closed lips; 8 is a test frame, 5 is not silent
+    silent = np.zeros(10, bool)
+    silent[[1, 2, 3, 8]] = True
+    rest = choose_rest_frame(feats, opening, silent, n_train=7)
+    assert (rest.frame, rest.source, rest.candidates) == (2, "silent+closed", 3)
+    silent[[1, 2]] = False                        # too few silent closed frames: lips sealed anywhere
+    rest = choose_rest_frame(feats, opening, silent, n_train=7)
+    assert rest.source == "closed" and rest.candidates == 4 and rest.frame in (1, 2, 3, 5)
+    opening[:] = 0.05                             # never closed: nothing to rest on
+    assert choose_rest_frame(feats, opening, silent, n_train=7) is None
+
+
+def test_pauses_get_the_rest_mouth(subject, tmp_path, shared_data):
+    """A driving clip of real speech with a pause: the paused frames' features become the rest frame's
+    own feature, the spoken frames keep theirs, and render_audio reports it."""
+    import shutil
+
+    from synctalk import subject as S
+    from synctalk.audio.av_sync import silent_frames, speech_frames
+    from synctalk.audio.load import load_driving_audio
+    from synctalk.audio.windows import n_video_frames
+    from synctalk.io.atomic import save_npz
+    from synctalk.render import RenderOptions, render_audio
+    from synctalk.render.api import driving_features
+    from synctalk.render.session import RenderSession
+    from synctalk.render.silence import close_silences
+
+    sub_dir = tmp_path / "subject"
+    shutil.copytree(subject, sub_dir)
+    # Landmarks: lips closed (inner gap 0) in train frames 2-4, open elsewhere; face height 200 px.
+    lms = np.zeros((8, 478, 3), np.float32)
+    lms[:, 10, 1], lms[:, 152, 1], lms[:, 13, 1] = 0.0, 200.0, 150.0
+    lms[:, 14, 1] = [160, 160, 150, 150, 150, 160, 160, 160]
+    save_npz(sub_dir / S.LANDMARKS, lms_delta=S.encode_landmarks(lms), detected=np.ones(8, bool))
+    speech = load_driving_audio(shared_data / "hdtf_radio34_sadtalker_8s.wav")[:32000]
+    wav = np.concatenate([speech, np.zeros(24000, np.float32), speech[:16000]])   # 2 s, 1.5 s pause, 1 s
+    session = RenderSession(sub_dir, device="cpu")
+    n = n_video_frames(wav.size)
+    plain = driving_features(session, wav, n)
+    closed, report = close_silences(S.Subject(sub_dir), wav, plain)
+    own = np.load(sub_dir / "audio" / "features.npy")
+    assert report["mode"] == "closed" and report["rest"]["frame"] in (2, 3, 4), report
+    silent = silent_frames(speech_frames(wav, n))
+    assert silent[55:85].all() and (~silent).sum() >= 40   # the inserted pause (frames 50-87) is silent
+    changed = (closed != plain).any(dim=1).numpy()
+    assert np.array_equal(changed, silent) and report["silent_frames"] == silent.sum()
+    assert torch.equal(closed[60], torch.from_numpy(own[report["rest"]["frame"]]))
+    from synctalk.io.audio import write_wav
+
+    write_wav(tmp_path / "d.wav", wav, 16000)
+    info = render_audio(sub_dir, tmp_path / "d.wav", None, RenderOptions(device="cpu", frames_dir=tmp_path / "f",
+                                                                         pose="fixed", max_samples=None))
+    assert info["silence"] == report
+    natural = render_audio(sub_dir, tmp_path / "d.wav", None, RenderOptions(
+        device="cpu", frames_dir=tmp_path / "g", pose="fixed", max_samples=None, silence="natural"))
+    assert natural["silence"] == {"mode": "natural"}

@@ -42,6 +42,14 @@ def mouth_opening(lms: np.ndarray) -> np.ndarray:
     return (gap / np.maximum(face_size(lms), 1e-6)).astype(np.float32)
 
 
+def lip_height(lms: np.ndarray) -> np.ndarray:
+    """[N] outer-lip height (landmarks 0-17, top of the upper lip to the bottom of the lower lip) over face
+    size. Unlike the inner gap it keeps moving while the lips stay sealed (the jaw still drops, the lips
+    still round and spread), so it tracks articulation through /m b p/ and half-open vowels too."""
+    h = np.linalg.norm(lms[:, UPPER_OUTER_LIP, :2] - lms[:, LOWER_OUTER_LIP, :2], axis=-1)
+    return (h / np.maximum(face_size(lms), 1e-6)).astype(np.float32)
+
+
 def crop_region(region: str) -> tuple[int, int, float]:
     if region not in CROP_REGIONS:
         raise InputError(f"unknown mouth crop region {region!r}; choose from {', '.join(CROP_REGIONS)}")

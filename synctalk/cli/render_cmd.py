@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Gaussian smoothing of the walked poses/expressions, sigma in frames (default 0: off)")
     p.add_argument("--blink", choices=("auto", "none"), default="auto",
                    help="auto: the walked frames' blinks; none: eyes held open")
+    p.add_argument("--silence", choices=("closed", "natural"), default="closed",
+                   help="closed (default): pauses in the audio get the subject's resting closed mouth; natural: "
+                        "the mouth the features give, as the original (the subject may breathe open-mouthed)")
     p.add_argument("--frames", metavar="DIR", help="also write every frame as PNG into DIR")
     p.add_argument("--workspace", help="model folder (default SUBJECT/workspace/nerf)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         out = str(Path(args.subject) / "renders" / f"{name}.mp4")
     options = RenderOptions(torso=args.torso, portrait=args.portrait, pose=args.pose, smoothing=args.smoothing,
                             blink=args.blink, frames_dir=args.frames, device=args.device, batch=args.batch,
-                            test=args.test, allow_silent=args.allow_silent,
+                            test=args.test, allow_silent=args.allow_silent, silence=args.silence,
                             max_samples=args.max_samples if args.max_samples > 0 else None)
     info = render_audio(args.subject, None if args.test else args.audio, out, options, workspace=args.workspace)
     where = info["out"] or info["frames_dir"]

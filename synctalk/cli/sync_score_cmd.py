@@ -1,6 +1,7 @@
 """`synctalk sync-score VIDEO [--audio FILE] [--syncnet WEIGHTS] [--json OUT]`: lip-sync score of a video.
 
-Without ``--syncnet`` it prints the landmark/audio-envelope score (needs no weights). With it, it also
+Without ``--syncnet`` it prints the landmark/audio score (needs no weights; ``--method`` picks its
+signal pair, see synctalk.audio.av_sync). With it, it also
 prints SyncNet LSE-D / LSE-C; no SyncNet weights ship with synctalk or can be downloaded here, so the
 user must supply their own ``syncnet_v2.model`` (see docs/audio.md).
 """
@@ -14,6 +15,9 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", type=Path, help="a 25-fps talking-head video (its own audio track is used)")
     p.add_argument("--audio", type=Path, help="score against this audio file instead of the video's track")
+    p.add_argument("--method", choices=("band", "rms"), default="band",
+                   help="signals of the landmark score: outer-lip height vs 800-3000 Hz energy (band, default) "
+                        "or inner-lip gap vs RMS (rms, the first version)")
     p.add_argument("--syncnet", type=Path, metavar="WEIGHTS",
                    help="also compute LSE-D/LSE-C with YOUR copy of syncnet_python's syncnet_v2.model "
                         "(none ships with synctalk; loaded weights-only, never unpickled)")
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         from synctalk.audio.syncnet_lse import load_syncnet
 
         load_syncnet(args.syncnet)  # a missing/unsafe weights file fails now, not after the slow scoring
-    score = score_video(args.video, args.audio)
+    score = score_video(args.video, args.audio, args.method)
     if args.syncnet is not None:
         from synctalk.audio.syncnet_lse import score_video_lse
 
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     closed = "n/a (no silent stretch)" if score.silent_frames_closed is None else \
         f"{100 * score.silent_frames_closed:.0f} % of {score.silent_frames} silent frames"
     print(f"best offset       {score.best_offset:+d} frames ({40 * score.best_offset:+d} ms, search +-{MAX_OFFSET}): {verdict}")
-    print(f"peak correlation  {score.peak_correlation:.3f} (margin over median {score.correlation_margin:.3f})")
+    print(f"peak correlation  {score.peak_correlation:.3f} (margin over median {score.correlation_margin:.3f}; "
+          f"method {score.method})")
     print(f"mouth closed      {closed}")
     if lse is not None:
         print(f"SyncNet LSE-D     {lse.lse_d:.3f} (lower is better)")

@@ -178,7 +178,7 @@ def write_video(path: Path, frames, audio: np.ndarray | None) -> None:
 
 
 def sync_metrics(video: Path, syncnet_weights: str | None, device: str) -> dict:
-    """av_sync (face mesh + audio envelope) and, with weights, SyncNet LSE-C/D of an MP4 with audio."""
+    """av_sync (face mesh + speech-band audio energy) and, with weights, SyncNet LSE-C/D of an MP4 with audio."""
     out: dict = {}
     try:
         from synctalk.audio.av_sync import score_video

@@ -22,6 +22,7 @@ from synctalk.log import get_logger, progress
 from synctalk.nerf.trainer import resolve_device
 from synctalk.render.output import rgb_to_yuv420
 from synctalk.render.session import RenderSession
+from synctalk.render.silence import SILENCE_MODES, close_silences
 from synctalk.render.track import BLINK_MODES, POSE_MODES, build_track
 
 log = get_logger("render")
@@ -42,12 +43,15 @@ class RenderOptions:
     test: bool = False               # render the test split with its own audio (audio_path is ignored)
     allow_silent: bool = False
     max_samples: int | None = 32     # samples per ray (None: the training cap, 16; see session.RENDER_MAX_SAMPLES)
+    silence: str = "closed"          # closed | natural: the mouth in pauses of new audio (synctalk.render.silence)
 
     def check(self) -> None:
         if self.pose not in POSE_MODES:
             raise InputError(f"pose must be one of {', '.join(POSE_MODES)}, got {self.pose!r}")
         if self.blink not in BLINK_MODES:
             raise InputError(f"blink must be one of {', '.join(BLINK_MODES)}, got {self.blink!r}")
+        if self.silence not in SILENCE_MODES:
+            raise InputError(f"silence must be one of {', '.join(SILENCE_MODES)}, got {self.silence!r}")
         if self.batch < 1:
             raise InputError(f"batch must be >= 1, got {self.batch}")
         if self.smoothing < 0:
@@ -65,6 +69,15 @@ def driving_features(session: RenderSession, wav: np.ndarray, n_frames: int) -> 
                          f"{session.subject.root} --stage audio` first")
     ave = load_subject_ave(session.subject.root, session.device)
     return torch.from_numpy(audio_features(ave, wav, n_frames)).to(session.device)
+
+
+def _driving_inputs(session: RenderSession, wav: np.ndarray, n_frames: int, silence: str
+                    ) -> tuple[torch.Tensor, dict]:
+    """``driving_features``, with the pauses given the rest mouth when ``silence`` is "closed"."""
+    features = driving_features(session, wav, n_frames)
+    if silence == "closed":
+        return close_silences(session.subject, wav, features)
+    return features, {"mode": silence}
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -119,6 +132,7 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
     session = RenderSession(subject_root, workspace, options.device, options.torso, options.portrait,
                             max_samples=options.max_samples)
     loaded = time.perf_counter()
+    silence = {"mode": "natural", "reason": "the test split keeps its own audio features"}
     if options.test:
         frame_ids, c2w, expressions, features, code_frames, wav = _test_inputs(session)
         session.load_frames(frame_ids, wait=False)
@@ -132,7 +146,8 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
         # its own frames, synctalk.render.banks); the GPU kernels load while the audio features run.
         session.load_frames(frame_ids, wait=False)
         first_pose = torch.from_numpy(c2w[0]).to(session.device)
-        features = _alongside([lambda: session.engine.warm_up(first_pose)], lambda: driving_features(session, wav, n))
+        features, silence = _alongside([lambda: session.engine.warm_up(first_pose)],
+                                       lambda: _driving_inputs(session, wav, n, options.silence))
     paster = None
     if options.portrait and session.subject.manifest.get("crop"):
         from synctalk.render.fullres import FullResPaster
@@ -154,7 +169,7 @@ def render_audio(subject_root: str | Path, audio_path: str | Path | None, out_pa
             "audio_seconds": wav.size / SAMPLE_RATE, "setup_seconds": prepared - started,
             "load_model_seconds": loaded - started, "render_seconds": rendered - prepared,
             "finish_output_seconds": finished - rendered, "device": str(session.device),
-            "full_resolution": paster is not None,
+            "full_resolution": paster is not None, "silence": silence,
             "model": session.model.path.name, "options": {k: str(v) if isinstance(v, Path) else v
                                                           for k, v in asdict(options).items()}}
     log.info("rendered %d frames (%s) in %.1f s (%.1f frames/s overall) -> %s", n, session.mode, seconds,
