@@ -41,6 +41,24 @@ def test_lip_height_is_outer_lip_span_over_face_height():
     assert np.allclose(lip_height(lms), [0.1, 0.2])
 
 
+def test_footage_offset_finds_a_late_track_and_declines_short_or_unrelated_clips():
+    from synctalk.audio.av_sync import footage_offset
+
+    rng = np.random.default_rng(0)
+    n, late = 300, 5
+    loud = 0.1 + np.convolve(rng.random(n + late), np.ones(3) / 3, mode="same")   # per-frame loudness
+    lms = np.zeros((n, 478, 3), np.float32)
+    lms[:, 10, 1], lms[:, 152, 1], lms[:, UPPER_OUTER_LIP, 1] = 0.0, 200.0, 150.0
+    lms[:, LOWER_OUTER_LIP, 1] = 160.0 + 30.0 * loud[late:]               # lips open with frame t's sound
+    t = np.arange(SAMPLES_PER_FRAME) / SAMPLE_RATE
+    wav = np.concatenate([a * np.sin(2 * np.pi * 1500 * t) for a in loud[:n]]).astype(np.float32)
+    found = footage_offset(lms, wav)                                        # ... heard 5 frames later
+    assert found["frames"] == late and found["r"] > 0.9, found
+    assert "at least 150" in footage_offset(lms[:100], wav)["unavailable"]
+    noise = rng.standard_normal(n * SAMPLES_PER_FRAME).astype(np.float32)   # steady noise: no relation
+    assert "no clear" in footage_offset(lms, noise)["unavailable"]
+
+
 def test_unknown_method_is_a_clear_error():
     from synctalk.errors import InputError
 

@@ -68,3 +68,9 @@ def test_rerun_is_a_no_op(prepared_anchor):
     after = {p.name: p.stat().st_mtime_ns for p in prepared_anchor.iterdir() if p.is_file()}
     assert {k: v for k, v in after.items() if k != S.MANIFEST} == \
            {k: v for k, v in before.items() if k != S.MANIFEST}
+
+
+def test_footage_offset_is_measured_and_in_sync(prepared_anchor):
+    """The landmarks stage measures the footage's own audio/video offset (the anchor is in sync)."""
+    facts = Subject(prepared_anchor).manifest["stages"]["landmarks"]["facts"]["landmarks"]["av_offset"]
+    assert abs(facts["frames"]) <= 1 and facts["r"] > 0.3, facts

@@ -40,6 +40,10 @@ SILENCE_MARGIN = 2                # frames of non-speech next to speech are tran
 METHODS = ("band", "rms")         # see the module docstring
 SPEECH_BAND_HZ = (800.0, 3000.0)  # the "band" method's audio band
 ENERGY_FLOOR_DB = 50.0            # band energy is floored this far under the loudest frame (digital silence)
+# Shortest footage whose own offset is measured: on every 6-s excerpt of the two real anchors the band
+# method found the offset within +-2 frames (BENCHMARKS.md "Offline lip-sync score").
+FOOTAGE_MIN_FRAMES = 150
+FOOTAGE_MIN_R = 0.15              # a peak under this is no evidence of any offset
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,20 @@ def score_sync(lms: np.ndarray, wav: np.ndarray, speech: np.ndarray | None = Non
                      correlation_margin=float(corr[best] - np.median(corr)), silent_frames_closed=closed,
                      silent_frames=int(silent.sum()), speech_fraction=float(speech.mean()), frames=n,
                      correlations=[float(c) for c in corr], method=method)
+
+
+def footage_offset(lms: np.ndarray, wav: np.ndarray) -> dict:
+    """The audio/video offset of a subject's own footage by the band method: {"frames", "r", "margin"},
+    or {"unavailable": why} when the clip is too short or the peak too weak to mean anything."""
+    n = len(lms)
+    if n < FOOTAGE_MIN_FRAMES:
+        return {"unavailable": f"{n} frames; the offset is measured on at least {FOOTAGE_MIN_FRAMES} (6 s)"}
+    corr = offset_correlations(*sync_signals(lms, wav, "band"))
+    best = int(np.argmax(corr))
+    if corr[best] < FOOTAGE_MIN_R:
+        return {"unavailable": f"no clear lip/audio correlation (peak r {corr[best]:.2f})"}
+    return {"frames": best - MAX_OFFSET, "r": round(float(corr[best]), 3),
+            "margin": round(float(corr[best] - np.median(corr)), 3)}
 
 
 def load_talking_video(video: str | os.PathLike, audio: str | os.PathLike | None = None

@@ -260,4 +260,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
     save_npz(ctx.path(S.LANDMARKS), lms_delta=S.encode_landmarks(filled), detected=detected)
     return {"landmarks": {"detected": int(detected.sum()),
                           "interpolated_frames": [[a, b] for a, b in runs],
-                          "multi_face_frames": int(multi_face_frames)}}
+                          "multi_face_frames": int(multi_face_frames),
+                          "av_offset": _footage_av_offset(ctx, filled)}}
+
+
+def _footage_av_offset(ctx: StageContext, lms: np.ndarray) -> dict:
+    """Is the footage itself in sync? The NeRF learns whatever offset its training video has and puts
+    it into every render, so a visibly late or early track is worth a warning here (not a fix: a
+    speaker whose lips lead their voice also measures a small offset)."""
+    from synctalk.audio.av_sync import footage_offset
+    from synctalk.audio.load import load_driving_audio
+
+    try:
+        wav = load_driving_audio(ctx.path(S.AUDIO), allow_silent=True)
+    except InputError as e:
+        return {"unavailable": str(e)}
+    found = footage_offset(lms, wav)
+    k = found.get("frames")
+    if k is not None and abs(k) > 2:
+        log.warning("the video's audio looks %d frames (%d ms) %s against the lips (r %.2f): the model will learn "
+                    "that offset and every render will have it; if the video is out of sync, fix its audio and "
+                    "re-run prepare (`synctalk sync-score VIDEO` measures it)", abs(k), 40 * abs(k),
+                    "late" if k > 0 else "early", found["r"])
+    return found

@@ -32,8 +32,10 @@ from synctalk.nerf.field import MAX_LOG_DENSITY, HeadField
 
 # Weights of the fused kernel: fp32 with TF32 tensor-core products. (Its bf16/fp16 build hit an illegal
 # memory access under Triton 3.6 on the H100 while the same kernel agreed with the reference in fp32
-# there and in the Triton interpreter for all three dtypes.) TF32 keeps 10 mantissa bits against bf16's
-# 7, so this is closer to the fp32 field than training's bf16 autocast.
+# there and in the Triton interpreter. The interpreter cannot vouch for bf16: its own tl.dot on bf16
+# operands is wrong (relative error ~1e10 on a bare product, checked 2026-12-07), so the bf16 kernel
+# has no check anywhere.) TF32 keeps 10 mantissa bits against bf16's 7, so this is closer to the fp32
+# field than training's bf16 autocast.
 FUSED_WEIGHT_DTYPE = torch.float32
 
 

@@ -55,6 +55,37 @@ def _clamp01(x):
 
 
 @triton.jit
+def _level_cell(meta_ptr, level: tl.constexpr, plane: tl.constexpr, rows_per_plane, u, v):
+    """One level's bilinear cell at plane coordinates (u, v) in [0, 1], shared by all three kernels.
+
+    Returns the table rows of the four corners (r00, r10, r01, r11: dense or hashed within the level,
+    offset to the level's first row and the plane's block), their bilinear weights (w00, w10, w01, w11),
+    the position inside the cell (fu, fv) and the level's scale d(cell coordinate)/du = res - 1."""
+    res = tl.load(meta_ptr + level * 4 + 0)
+    row0 = tl.load(meta_ptr + level * 4 + 1).to(tl.int64) + plane * rows_per_plane
+    size = tl.load(meta_ptr + level * 4 + 2)
+    dense = tl.load(meta_ptr + level * 4 + 3)
+    scale = (res - 1).to(tl.float32)
+    pu = u * scale + 0.5
+    pv = v * scale + 0.5
+    cu = tl.floor(pu)
+    cv = tl.floor(pv)
+    fu = pu - cu
+    fv = pv - cv
+    iu = cu.to(tl.int32)
+    iv = cv.to(tl.int32)
+    r00 = row0 + _corner_row(iu, iv, res, size, dense)
+    r10 = row0 + _corner_row(iu + 1, iv, res, size, dense)
+    r01 = row0 + _corner_row(iu, iv + 1, res, size, dense)
+    r11 = row0 + _corner_row(iu + 1, iv + 1, res, size, dense)
+    w00 = (1.0 - fu) * (1.0 - fv)
+    w10 = fu * (1.0 - fv)
+    w01 = (1.0 - fu) * fv
+    w11 = fu * fv
+    return r00, r10, r01, r11, w00, w10, w01, w11, fu, fv, scale
+
+
+@triton.jit
 def _hashgrid_fwd_kernel(points_ptr, emb_ptr, out_ptr, meta_ptr, n_points, rows_per_plane, bound,
                          NUM_PLANES: tl.constexpr, NUM_LEVELS: tl.constexpr, FEAT: tl.constexpr,
                          BLOCK: tl.constexpr):
@@ -64,27 +95,8 @@ def _hashgrid_fwd_kernel(points_ptr, emb_ptr, out_ptr, meta_ptr, n_points, rows_
     for plane in tl.static_range(NUM_PLANES):
         u, v = _plane_uv(points_ptr, offs, mask, plane, bound)
         for level in tl.static_range(NUM_LEVELS):
-            res = tl.load(meta_ptr + level * 4 + 0)
-            row0 = tl.load(meta_ptr + level * 4 + 1).to(tl.int64) + plane * rows_per_plane
-            size = tl.load(meta_ptr + level * 4 + 2)
-            dense = tl.load(meta_ptr + level * 4 + 3)
-            scale = (res - 1).to(tl.float32)
-            pu = u * scale + 0.5
-            pv = v * scale + 0.5
-            cu = tl.floor(pu)
-            cv = tl.floor(pv)
-            fu = pu - cu
-            fv = pv - cv
-            iu = cu.to(tl.int32)
-            iv = cv.to(tl.int32)
-            r00 = row0 + _corner_row(iu, iv, res, size, dense)
-            r10 = row0 + _corner_row(iu + 1, iv, res, size, dense)
-            r01 = row0 + _corner_row(iu, iv + 1, res, size, dense)
-            r11 = row0 + _corner_row(iu + 1, iv + 1, res, size, dense)
-            w00 = (1.0 - fu) * (1.0 - fv)
-            w10 = fu * (1.0 - fv)
-            w01 = (1.0 - fu) * fv
-            w11 = fu * fv
+            r00, r10, r01, r11, w00, w10, w01, w11, _, _, _ = _level_cell(
+                meta_ptr, level, plane, rows_per_plane, u, v)
             for f in tl.static_range(FEAT):
                 val = (w00 * tl.load(emb_ptr + r00 * FEAT + f, mask=mask, other=0.0)
                        + w10 * tl.load(emb_ptr + r10 * FEAT + f, mask=mask, other=0.0)
@@ -104,23 +116,10 @@ def _hashgrid_bwd_kernel(points_ptr, grad_out_ptr, grad_emb_ptr, meta_ptr, n_poi
     for plane in tl.static_range(NUM_PLANES):
         u, v = _plane_uv(points_ptr, offs, mask, plane, bound)
         for level in tl.static_range(NUM_LEVELS):
-            res = tl.load(meta_ptr + level * 4 + 0)
-            row0 = tl.load(meta_ptr + level * 4 + 1).to(tl.int64) + plane * rows_per_plane
-            size = tl.load(meta_ptr + level * 4 + 2)
-            dense = tl.load(meta_ptr + level * 4 + 3)
-            scale = (res - 1).to(tl.float32)
-            pu = u * scale + 0.5
-            pv = v * scale + 0.5
-            cu = tl.floor(pu)
-            cv = tl.floor(pv)
-            fu = pu - cu
-            fv = pv - cv
-            iu = cu.to(tl.int32)
-            iv = cv.to(tl.int32)
-            r00 = row0 + _corner_row(iu, iv, res, size, dense)
-            r10 = row0 + _corner_row(iu + 1, iv, res, size, dense)
-            r01 = row0 + _corner_row(iu, iv + 1, res, size, dense)
-            r11 = row0 + _corner_row(iu + 1, iv + 1, res, size, dense)
+            r00, r10, r01, r11, _, _, _, _, fu, fv, _ = _level_cell(
+                meta_ptr, level, plane, rows_per_plane, u, v)
+            # Weights as (g * (1 - fu)) * (1 - fv), not g * w00: that product order is the rounding
+            # this kernel has always had (the unused weights are dropped by the compiler).
             for f in tl.static_range(FEAT):
                 col = (plane * NUM_LEVELS + level) * FEAT + f
                 g = tl.load(grad_out_ptr + offs.to(tl.int64) * out_dim + col, mask=mask, other=0.0)
@@ -146,23 +145,8 @@ def _hashgrid_bwd_points_kernel(points_ptr, grad_out_ptr, emb_ptr, grad_points_p
         gu = tl.zeros((BLOCK,), dtype=tl.float32)
         gv = tl.zeros((BLOCK,), dtype=tl.float32)
         for level in tl.static_range(NUM_LEVELS):
-            res = tl.load(meta_ptr + level * 4 + 0)
-            row0 = tl.load(meta_ptr + level * 4 + 1).to(tl.int64) + plane * rows_per_plane
-            size = tl.load(meta_ptr + level * 4 + 2)
-            dense = tl.load(meta_ptr + level * 4 + 3)
-            scale = (res - 1).to(tl.float32)
-            pu = u * scale + 0.5
-            pv = v * scale + 0.5
-            cu = tl.floor(pu)
-            cv = tl.floor(pv)
-            fu = pu - cu
-            fv = pv - cv
-            iu = cu.to(tl.int32)
-            iv = cv.to(tl.int32)
-            r00 = row0 + _corner_row(iu, iv, res, size, dense)
-            r10 = row0 + _corner_row(iu + 1, iv, res, size, dense)
-            r01 = row0 + _corner_row(iu, iv + 1, res, size, dense)
-            r11 = row0 + _corner_row(iu + 1, iv + 1, res, size, dense)
+            r00, r10, r01, r11, _, _, _, _, fu, fv, scale = _level_cell(
+                meta_ptr, level, plane, rows_per_plane, u, v)
             for f in tl.static_range(FEAT):
                 col = (plane * NUM_LEVELS + level) * FEAT + f
                 g = tl.load(grad_out_ptr + offs.to(tl.int64) * out_dim + col, mask=mask, other=0.0)
