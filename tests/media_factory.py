@@ -52,22 +52,30 @@ def make_video(path: Path, *, fps: float = 25.0, n_frames: int = 50, width: int 
                frame_times: Sequence[float] | None = None,
                frame_fn: Callable[[int], np.ndarray] | None = None,
                audio: np.ndarray | None = None, audio_rate: int = 48000, audio_codec: str = "aac",
-               crf: int = 18) -> Path:
+               crf: int = 18, display_rotation: int = 0) -> Path:
     """Write an H.264 video of ``n_frames`` counter frames (or ``frame_fn(i)`` frames).
 
     ``frame_times`` (seconds, increasing) makes it variable-frame-rate: timestamps in a 1/1000 time
     base. ``audio`` is [channels, n] float32 at ``audio_rate``, encoded with ``audio_codec``
-    ("aac", "libmp3lame", "pcm_s16le", ...); the container follows ``path``'s suffix (.mp4, .mkv)."""
+    ("aac", "libmp3lame", "pcm_s16le", ...); the container follows ``path``'s suffix (.mp4, .mkv).
+    ``display_rotation`` (counter-clockwise degrees, a multiple of 90) stores every picture turned the
+    other way plus a display matrix, as a phone does: a player shows the frames as ``frame_fn`` made them."""
     import av
 
     if frame_times is not None:
         n_frames = len(frame_times)
-    make = frame_fn or (lambda i: counter_frame(i, width, height))
+    upright = frame_fn or (lambda i: counter_frame(i, width, height))
+
+    def make(i: int) -> np.ndarray:
+        return np.ascontiguousarray(np.rot90(upright(i), -display_rotation // 90))
     with av.open(str(path), "w") as container:
         rate = Fraction(fps).limit_denominator(1001)
         stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stored_w, stored_h = (height, width) if display_rotation % 180 else (width, height)
+        stream.width, stream.height, stream.pix_fmt = stored_w, stored_h, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "ultrafast"}
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         time_base = Fraction(1, 1000) if frame_times is not None else 1 / rate
         stream.codec_context.time_base = time_base
         if frame_times is not None:

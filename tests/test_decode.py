@@ -68,6 +68,23 @@ def test_25fps_maps_one_to_one_and_opencv_agrees(tmp_path: Path):
     assert [read_counter(f) for f in V._iter_cv2(root / S.FRAMES, 0, None)] == list(range(40))
 
 
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_phone_videos_stored_turned_come_out_upright(tmp_path: Path, rotation: int):
+    """A phone stores the sensor's picture and a display matrix; players (and synctalk) turn it upright."""
+    src = make_video(tmp_path / "phone.mp4", fps=25, n_frames=20, width=SMALL, height=SMALL,
+                     audio=sine(440.0, 0.8, 48000, 1), display_rotation=rotation)
+    import av
+
+    with av.open(str(src)) as c:
+        raw = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    # On disk the pictures are turned (the counter band is not on top); iter_frames turns them back.
+    assert [read_counter(f) for f in raw] != list(range(20))
+    assert [read_counter(f) for f in V.iter_frames(src)] == list(range(20))
+    facts, root = _run(tmp_path, src)
+    assert facts["source"]["rotation"] == rotation % 360
+    assert _counters(root) == list(range(20))
+
+
 def test_variable_frame_rate_holds_the_last_frame(tmp_path: Path):
     times = [0.0, 0.04, 0.05, 0.2, 0.21, 0.3, 0.5, 0.52, 0.6, 0.9, 0.93, 1.0, 1.1, 1.15]
     src = make_video(tmp_path / "vfr.mp4", frame_times=times, width=SMALL, height=SMALL,
@@ -197,6 +214,31 @@ def test_large_input_is_cropped_around_the_face_and_maps_back(tmp_path: Path, an
     back = cv2.resize(out0, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float64)
     mse = np.mean((back - source0[y0:y0 + side, x0:x0 + side]) ** 2)
     assert 10 * np.log10(255**2 / mse) > 30
+
+
+def test_upright_phone_clip_stored_sideways_is_cropped_upright(tmp_path: Path, anchor_video: Path):
+    """A portrait 720x1280 phone clip stored as 1280x720 with a -90 degree display matrix (an iPhone held
+    upright): the face is found, the crop is in upright coordinates, and the working frames map back."""
+    import cv2
+
+    x0, y0, side = 60, 300, 600
+    faces = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in iter_frames(anchor_video, stop=25)]
+
+    def frame(i: int) -> np.ndarray:
+        canvas = np.full((1280, 720, 3), 40, np.uint8)
+        canvas[y0:y0 + side, x0:x0 + side] = faces[i]
+        return canvas
+
+    src = make_video(tmp_path / "phone.mp4", fps=25, n_frames=25, width=720, height=1280, frame_fn=frame,
+                     audio=sine(300.0, 1.0, 44100, 2), crf=16, display_rotation=-90)
+    facts, root = _run(tmp_path, src, _config())
+    crop = facts["crop"]
+    assert facts["source"]["rotation"] == 270 and (crop["source_width"], crop["source_height"]) == (720, 1280)
+    assert abs(crop["side"] - side) < 0.05 * side and abs(crop["x0"] - x0) < 0.05 * side
+    out0 = next(iter_frames(root / S.FRAMES))
+    back = cv2.resize(out0, (crop["side"],) * 2, interpolation=cv2.INTER_CUBIC).astype(np.float64)
+    source0 = frame(0)[crop["y0"]:crop["y0"] + crop["side"], crop["x0"]:crop["x0"] + crop["side"]]
+    assert 10 * np.log10(255**2 / np.mean((back - source0) ** 2)) > 30
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -104,6 +104,8 @@ def face_mesh_landmarks(video: str | os.PathLike, max_frames: int | None = None)
     import av
     import mediapipe as mp
 
+    from synctalk.io.video import upright_rgb
+
     try:
         container = av.open(str(video))
     except av.error.FFmpegError as e:
@@ -121,7 +123,7 @@ def face_mesh_landmarks(video: str | os.PathLike, max_frames: int | None = None)
             for frame in progress(container.decode(stream), "face mesh", total=total, unit="frame"):
                 if max_frames is not None and len(rows) >= max_frames:
                     break
-                rgb = frame.to_ndarray(format="rgb24")
+                rgb = upright_rgb(frame)
                 h, w = rgb.shape[:2]
                 res = mesh.process(rgb)
                 if not res.multi_face_landmarks:

@@ -1,7 +1,11 @@
 """Video I/O: read the subject's own files (frames.mp4, torso.mp4), write H.264 MP4s, open user media.
 
-- ``iter_frames(path, start, stop)``: RGB uint8 frames in decode order. Prefers PyAV; falls back to
-  OpenCV (the GPU machine has OpenCV but no PyAV).
+- ``iter_frames(path, start, stop)``: RGB uint8 frames in decode order, turned upright by the file's
+  display rotation (``upright_rgb``). Prefers PyAV; falls back to OpenCV (the GPU machine has OpenCV
+  but no PyAV; OpenCV applies the rotation itself).
+- ``upright_rgb(frame)`` / ``display_rotation(frame)``: phone videos store the sensor's landscape picture
+  and a display matrix that players apply (an upright iPhone clip: -90 degrees); face mesh on the
+  stored picture would see a sideways face.
 - ``VideoWriter``: atomic libx264/yuv420p MP4 writer with optional AAC audio (needs PyAV).
 - ``open_media(path, kind)``: ``av.open`` that turns missing/non-media/text/unreadable files into a
   one-line ``InputError``.
@@ -31,7 +35,21 @@ def iter_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None
             if stop is not None and i >= stop:
                 break
             if i >= start:
-                yield frame.to_ndarray(format="rgb24")
+                yield upright_rgb(frame)
+
+
+def display_rotation(frame) -> int:
+    """Counter-clockwise degrees (0, 90, 180, 270) a player turns this decoded PyAV frame by: its display
+    matrix side data (``VideoFrame.rotation``, PyAV >= 14), rounded to a quarter turn; 0 without one."""
+    degrees = getattr(frame, "rotation", 0) or 0
+    return int(round(degrees / 90.0)) % 4 * 90
+
+
+def upright_rgb(frame) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of a PyAV frame as a player shows it (display rotation applied)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = display_rotation(frame) // 90
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
 # FFmpeg "opens" plain text as an ANSI-art video (tty) or as subtitles; never user media for us.

@@ -30,7 +30,7 @@ import numpy as np
 from synctalk import subject as S
 from synctalk.errors import InputError
 from synctalk.io import audio as A
-from synctalk.io.video import VideoWriter, ffmpeg_reason, open_media
+from synctalk.io.video import VideoWriter, display_rotation, ffmpeg_reason, open_media, upright_rgb
 from synctalk.log import get_logger, progress
 from synctalk.prepare.context import StageContext
 from synctalk.prepare.crop import Crop, crop_from_samples
@@ -99,7 +99,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     rms_dbfs, peak)
     A.write_wav(ctx.path(S.AUDIO), samples, cfg.sample_rate)
 
-    source = {"path": str(ctx.source), "width": width, "height": height,
+    if probe["rotation"]:
+        log.info("the video is stored turned; frames are rotated %d degrees counter-clockwise to stand upright",
+                 probe["rotation"])
+    source = {"path": str(ctx.source), "width": width, "height": height, "rotation": probe["rotation"],
               "fps": round(probe["fps"], 4) if probe["fps"] else None, "vfr": timing["vfr"],
               "n_frames": timing["n_source_frames"], "duration": round(timing["duration"], 4),
               "video_codec": probe["codec"]}
@@ -148,9 +151,25 @@ def _probe(path: Path) -> dict[str, Any]:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / 1_000_000  # AV_TIME_BASE
-        return {"width": stream.codec_context.width, "height": stream.codec_context.height,
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rotation = _first_frame_rotation(container, stream)
+        if rotation in (90, 270):  # a phone video shot upright: the frames are stored sideways
+            width, height = height, width
+        return {"width": width, "height": height, "rotation": rotation,
                 "fps": float(rate) if rate else None, "codec": stream.codec_context.name,
                 "frames": int(stream.frames or 0), "duration": duration}
+
+
+def _first_frame_rotation(container, stream) -> int:
+    """The display rotation of the first decodable frame (0 when none decodes: the main pass reports it)."""
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return display_rotation(frame)
+    except av.FFmpegError:
+        pass
+    return 0
 
 
 def _sample_frames(path: Path, count: int) -> list[np.ndarray]:
@@ -179,7 +198,7 @@ def _sample_frames(path: Path, count: int) -> list[np.ndarray]:
                         break
                 if chosen is not None and chosen.pts not in seen:
                     seen.add(chosen.pts)
-                    samples.append(chosen.to_ndarray(format="rgb24"))
+                    samples.append(upright_rgb(chosen))
         except av.FFmpegError:
             samples = []
     if not samples:  # unseekable or duration unknown: one sequential pass, keep every k-th frame
@@ -198,7 +217,7 @@ def _sample_sequential(path: Path, count: int) -> list[np.ndarray]:
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i % step == step // 2 and len(frames) < count:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(upright_rgb(frame))
         except av.FFmpegError as e:
             raise InputError(f"{path.name}: video data is corrupt ({ffmpeg_reason(e)})") from None
     return frames
@@ -322,12 +341,13 @@ def _encode_frames(ctx: StageContext, fps: Fraction, crop: Crop | None, probe: d
 
 def _to_working(frame, crop: Crop | None, size: int):
     """The working-size picture of one source frame: the av.VideoFrame itself when no crop or scale is
-    needed (no RGB round trip: the fast path for size x size sources), else a cropped, scaled RGB array."""
-    if crop is None and frame.width == size and frame.height == size:
+    needed (no RGB round trip: the fast path for upright size x size sources), else a cropped, scaled,
+    upright RGB array."""
+    if crop is None and frame.width == size and frame.height == size and display_rotation(frame) == 0:
         return frame
     import cv2
 
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = upright_rgb(frame)
     if crop is not None:
         rgb = crop.apply(rgb)
     if rgb.shape[0] == size and rgb.shape[1] == size:
