@@ -11,7 +11,7 @@ matching video frame t is at audio frame t + offset. Two signal pairs (``METHODS
 - ``rms``: inner-lip gap (13-14) against the frame's RMS, the first version, kept to compare numbers.
 
 On 8-s excerpts of real footage the best offset lands within +-2 frames of the truth (0, or a known
-shift of +-5/+-10) in 100 % of excerpts with ``band`` against 88.6 % (71-s CNN anchor) and 75.6 %
+shift of +-5/+-10) in 100 % of excerpts with ``band`` against 89.3 % (71-s CNN anchor) and 76.6 %
 (German anchor) with ``rms``; ``benchmarks/bench_av_sync.py`` and BENCHMARKS.md "Offline lip-sync score"
 have the table for 3-13 s. Speech activity comes from silero-vad (its model ships in the wheel); frames
 well inside non-speech stretches should show a closed mouth, which gives the silent-frames-closed
