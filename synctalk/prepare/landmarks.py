@@ -271,6 +271,8 @@ def _footage_av_offset(ctx: StageContext, lms: np.ndarray) -> dict:
     from synctalk.audio.av_sync import footage_offset
     from synctalk.audio.load import load_driving_audio
 
+    if not ctx.path(S.AUDIO).is_file():
+        return {"unavailable": f"no {S.AUDIO}"}
     try:
         wav = load_driving_audio(ctx.path(S.AUDIO), allow_silent=True)
     except InputError as e:
