@@ -40,6 +40,19 @@ def test_packed_fp32_equals_field_forward():
     assert float((rgb - rgb_ref).abs().max()) < 1e-5
 
 
+def test_cpu_shading_in_chunks_equals_one_call(monkeypatch):
+    from synctalk.render import shade as shade_module
+
+    monkeypatch.setattr(shade_module, "CPU_SHADE_CHUNK", 128)      # 400 samples -> 4 chunks, the last short
+    field, points, dirs, codes, expressions, frames = random_field_inputs()
+    with torch.no_grad():
+        packed, feats = pack_field(field, torch.float32), field.grid(points)
+        whole = shade_packed_reference(packed, feats, dirs, frames, codes, expressions)
+        chunked = shade_module.shade(packed, feats, dirs, frames, codes, expressions, fused=False)
+    assert torch.allclose(chunked[0], whole[0], rtol=1e-6, atol=1e-6) and chunked[0].shape == (400,)
+    assert torch.allclose(chunked[1], whole[1], atol=1e-6) and chunked[1].shape == (400, 3)
+
+
 def test_packed_bf16_rounds_like_autocast():
     """bf16 packing: within bf16 rounding of the fp32 forward, and really rounded (not fp32 in disguise)."""
     field, points, dirs, codes, expressions, frames = random_field_inputs(seed=1)

@@ -49,6 +49,8 @@ BOX_PAD_PX = 2
 # Samples per ray per marching round (render._render_rays): most rays through the face are opaque
 # within 8-12 samples, so small first rounds stop them early; the rest continue up to max_samples.
 MARCH_ROUNDS = (8, 8, 16)
+# Rays per call of the PyTorch marcher on the CPU (see ``_march``).
+CPU_MARCH_CHUNK_RAYS = 4096
 
 
 def fused_march_enabled(device: torch.device) -> bool:
@@ -178,6 +180,19 @@ class HeadRenderer:
                 log.warning("fused marcher unavailable (%s: %s); using the torch marcher",
                             type(e).__name__, str(e).splitlines()[0][:120] if str(e) else "")
                 self._fused = False
+        n_rays = origins.shape[0]
+        if self.device.type == "cpu" and n_rays > CPU_MARCH_CHUNK_RAYS:
+            # Rays are independent; in chunks the [rays, lattice] temporaries stay small enough for the
+            # allocator to reuse (whole batches were mmap'd and zero-filled anew for every op).
+            parts = [self._march_torch(origins[i:i + CPU_MARCH_CHUNK_RAYS], dirs[i:i + CPU_MARCH_CHUNK_RAYS],
+                                       near[i:i + CPU_MARCH_CHUNK_RAYS], far[i:i + CPU_MARCH_CHUNK_RAYS],
+                                       k_start[i:i + CPU_MARCH_CHUNK_RAYS], cap)
+                     for i in range(0, n_rays, CPU_MARCH_CHUNK_RAYS)]
+            return tuple(torch.cat(part) for part in zip(*parts))
+        return self._march_torch(origins, dirs, near, far, k_start, cap)
+
+    def _march_torch(self, origins, dirs, near, far, k_start, cap):
+        """``_march`` in PyTorch (the reference the fused marcher is checked against)."""
         k = k_start[:, None] + torch.arange(self.lattice_len, device=self.device)[None, :]
         ts = near[:, None] + self.dt * k.to(near.dtype)
         valid = ts < far[:, None]

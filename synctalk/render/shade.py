@@ -37,6 +37,9 @@ from synctalk.nerf.field import MAX_LOG_DENSITY, HeadField
 # has no check anywhere.) TF32 keeps 10 mantissa bits against bf16's 7, so this is closer to the fp32
 # field than training's bf16 autocast.
 FUSED_WEIGHT_DTYPE = torch.float32
+# Samples per call of the PyTorch shading on the CPU: its [n, 64] fp32 intermediates stay at 8 MiB, small
+# enough for the allocator to reuse instead of mapping and unmapping them (see ``shade``).
+CPU_SHADE_CHUNK = 1 << 15
 
 
 def _pad_dim(n: int, least: int = 16) -> int:
@@ -167,4 +170,12 @@ def shade(packed: PackedField, features: torch.Tensor, dirs: torch.Tensor, sampl
         from synctalk.render.shade_triton import shade_fused
 
         return shade_fused(packed, features, dirs, sample_frames, codes, expressions)
-    return shade_packed_reference(packed, features, dirs, sample_frames, codes, expressions)
+    if features.device.type != "cpu" or features.shape[0] <= CPU_SHADE_CHUNK:
+        return shade_packed_reference(packed, features, dirs, sample_frames, codes, expressions)
+    # On the CPU, in chunks: every [N, 64] intermediate of a whole batch (millions of samples) is a fresh
+    # few-hundred-MB mmap that the kernel zero-fills page by page and unmaps again; that, not the matrix
+    # products, was most of a CPU render (a 10-frame tiny render: 82 s, 63 of them in this function).
+    parts = [shade_packed_reference(packed, features[i:i + CPU_SHADE_CHUNK], dirs[i:i + CPU_SHADE_CHUNK],
+                                    sample_frames[i:i + CPU_SHADE_CHUNK], codes, expressions)
+             for i in range(0, features.shape[0], CPU_SHADE_CHUNK)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
