@@ -169,19 +169,26 @@ def test_large_video_without_a_face_is_an_input_error(tmp_path: Path):
     _assert_one_line_input_error(tmp_path, src, "no face found")
 
 
-@pytest.fixture(scope="module")
-def anchor_on_canvas(anchor_video: Path, tmp_path_factory) -> tuple[Path, tuple[int, int, int]]:
-    """2 s of the real anchor clip, scaled to 600 px, placed off-centre on a 1280x720 grey canvas."""
+def face_on_canvas(anchor_video: Path, n: int, canvas_hw: tuple[int, int], box: tuple[int, int, int]):
+    """frame(i): the anchor clip's frame i scaled to ``side`` px at (x0, y0) on a grey canvas."""
     import cv2
 
-    x0, y0, side = 620, 60, 600
-    faces = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in iter_frames(anchor_video, stop=50)]
+    x0, y0, side = box
+    faces = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in iter_frames(anchor_video, stop=n)]
 
     def frame(i: int) -> np.ndarray:
-        canvas = np.full((720, 1280, 3), 40, np.uint8)
+        canvas = np.full((*canvas_hw, 3), 40, np.uint8)
         canvas[y0:y0 + side, x0:x0 + side] = faces[i]
         return canvas
 
+    return frame
+
+
+@pytest.fixture(scope="module")
+def anchor_on_canvas(anchor_video: Path, tmp_path_factory) -> tuple[Path, tuple[int, int, int]]:
+    """2 s of the real anchor clip, scaled to 600 px, placed off-centre on a 1280x720 grey canvas."""
+    x0, y0, side = 620, 60, 600
+    frame = face_on_canvas(anchor_video, 50, (720, 1280), (x0, y0, side))
     path = tmp_path_factory.mktemp("canvas") / "canvas.mp4"
     make_video(path, fps=25, n_frames=50, width=1280, height=720, frame_fn=frame,
                audio=sine(300.0, 2.0, 44100, 2), crf=16)
@@ -222,13 +229,7 @@ def test_upright_phone_clip_stored_sideways_is_cropped_upright(tmp_path: Path, a
     import cv2
 
     x0, y0, side = 60, 300, 600
-    faces = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in iter_frames(anchor_video, stop=25)]
-
-    def frame(i: int) -> np.ndarray:
-        canvas = np.full((1280, 720, 3), 40, np.uint8)
-        canvas[y0:y0 + side, x0:x0 + side] = faces[i]
-        return canvas
-
+    frame = face_on_canvas(anchor_video, 25, (1280, 720), (x0, y0, side))
     src = make_video(tmp_path / "phone.mp4", fps=25, n_frames=25, width=720, height=1280, frame_fn=frame,
                      audio=sine(300.0, 1.0, 44100, 2), crf=16, display_rotation=-90)
     facts, root = _run(tmp_path, src, _config())
