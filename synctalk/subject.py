@@ -44,7 +44,8 @@ HEAD_LABELS = (LABEL_FACE, LABEL_HAIR)  # what the NeRF head model renders
 
 def head_mask(labels: np.ndarray) -> np.ndarray:
     """Label map(s) -> bool mask of the head (HEAD_LABELS: face + hair), same shape."""
-    return (labels == LABEL_FACE) | (labels == LABEL_HAIR)
+    return np.isin(labels, HEAD_LABELS)
+
 
 EXPRESSION_NAMES = (
     "brow_down_left",

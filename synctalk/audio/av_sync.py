@@ -65,35 +65,41 @@ class SyncScore:
         return asdict(self)
 
 
-def frame_rms(wav: np.ndarray, n_frames: int) -> np.ndarray:
-    """[n_frames] RMS of each video frame's 40 ms of audio (zero-padded at the end)."""
+def frame_samples(wav: np.ndarray, n_frames: int) -> np.ndarray:
+    """[n_frames, 640] float64: each video frame's 40 ms of audio (zero-padded at the end)."""
     x = np.zeros(n_frames * SAMPLES_PER_FRAME, np.float64)
     m = min(len(wav), len(x))
     x[:m] = wav[:m]
-    return np.sqrt(np.mean(x.reshape(n_frames, SAMPLES_PER_FRAME) ** 2, axis=1))
+    return x.reshape(n_frames, SAMPLES_PER_FRAME)
+
+
+def frame_rms(wav: np.ndarray, n_frames: int) -> np.ndarray:
+    """[n_frames] RMS of each video frame's 40 ms of audio (zero-padded at the end)."""
+    return np.sqrt(np.mean(frame_samples(wav, n_frames) ** 2, axis=1))
 
 
 def frame_band_energy_db(wav: np.ndarray, n_frames: int, band_hz: tuple[float, float] = SPEECH_BAND_HZ,
                          floor_db: float = ENERGY_FLOOR_DB) -> np.ndarray:
     """[n_frames] energy (dB) of each video frame's 40 ms of audio within ``band_hz`` (Hann-windowed FFT,
     25-Hz bins), floored ``floor_db`` under the loudest frame so silence does not dominate the log."""
-    x = np.zeros(n_frames * SAMPLES_PER_FRAME, np.float64)
-    m = min(len(wav), len(x))
-    x[:m] = wav[:m]
-    spec = np.abs(np.fft.rfft(x.reshape(n_frames, SAMPLES_PER_FRAME) * np.hanning(SAMPLES_PER_FRAME), axis=1)) ** 2
+    spec = np.abs(np.fft.rfft(frame_samples(wav, n_frames) * np.hanning(SAMPLES_PER_FRAME), axis=1)) ** 2
     freqs = np.fft.rfftfreq(SAMPLES_PER_FRAME, 1 / SAMPLE_RATE)
     energy = spec[:, (freqs >= band_hz[0]) & (freqs < band_hz[1])].sum(axis=1)
     floor = max(float(energy.max()), 1e-20) * 10 ** (-floor_db / 10)
     return 10 * np.log10(np.maximum(energy, floor))
 
 
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InputError(f"unknown sync-score method {method!r}; choose from {', '.join(METHODS)}")
+
+
 def sync_signals(lms: np.ndarray, wav: np.ndarray, method: str = "band") -> tuple[np.ndarray, np.ndarray]:
     """(mouth signal, audio signal), one value per video frame, that ``score_sync`` correlates."""
+    check_method(method)
     if method == "band":
         return lip_height(lms), frame_band_energy_db(wav, len(lms))
-    if method == "rms":
-        return mouth_opening(lms), frame_rms(wav, len(lms))
-    raise InputError(f"unknown sync-score method {method!r}; choose from {', '.join(METHODS)}")
+    return mouth_opening(lms), frame_rms(wav, len(lms))
 
 
 def speech_frames(wav: np.ndarray, n_frames: int) -> np.ndarray:
@@ -184,6 +190,5 @@ def load_talking_video(video: str | os.PathLike, audio: str | os.PathLike | None
 def score_video(video: str | os.PathLike, audio: str | os.PathLike | None = None,
                 method: str = "band") -> SyncScore:
     """Run face mesh on ``video`` and score it against its own audio track or ``audio``."""
-    if method not in METHODS:   # fail before the slow face mesh
-        raise InputError(f"unknown sync-score method {method!r}; choose from {', '.join(METHODS)}")
+    check_method(method)   # before the slow face mesh
     return score_sync(*load_talking_video(video, audio), method=method)

@@ -34,6 +34,7 @@ from torch import nn
 
 from synctalk.audio import SAMPLES_PER_FRAME
 from synctalk.audio.augment import augment_windows, mask_windows, voice_variant
+from synctalk.audio.av_sync import frame_samples
 from synctalk.audio.ave import AudioEncoder, ConvBlock
 from synctalk.audio.mel import melspectrogram
 from synctalk.audio.windows import WINDOW_MELS, frame_window_starts
@@ -169,10 +170,7 @@ def voiced_windows(wav: np.ndarray, n_frames: int, margin_db: float = 10.0) -> n
     Voiced = at least ``margin_db`` above the noise floor (10th percentile of the clip's window levels)
     and above SILENCE_DBFS. The threshold is capped at ``margin_db`` below the 90th percentile so a clip
     with no pauses at all (floor = speech level) still counts its speech as voiced."""
-    x = np.zeros(n_frames * SAMPLES_PER_FRAME, np.float64)
-    m = min(len(wav), len(x))
-    x[:m] = wav[:m]
-    frame_power = np.mean(x.reshape(n_frames, SAMPLES_PER_FRAME) ** 2, axis=1)
+    frame_power = np.mean(frame_samples(wav, n_frames) ** 2, axis=1)
     window_db = 10 * np.log10(np.convolve(frame_power, np.ones(STACK) / STACK, mode="same") + 1e-12)
     floor, loud = np.percentile(window_db, [10, 90])
     return (window_db >= min(floor + margin_db, loud - margin_db)) & (window_db >= SILENCE_DBFS)

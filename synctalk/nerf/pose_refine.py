@@ -53,18 +53,22 @@ class PoseCorrection(torch.nn.Module):
         self.register_buffer("unit", torch.tensor([1.0 / focal] * 3 + [depth / focal] * 3, device=trained.device))
         self.register_buffer("trained", trained.clone().long())
 
+    def _all_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame's rotation [N, 3, 3] and translation [N, 3] (camera frame, NeRF units)."""
+        d = self.delta * self.unit
+        return so3_exp(d[:, :3]), d[:, 3:]
+
     def matrices(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Corrections of ``frames`` [R] -> rotation [R, 3, 3] and translation [R, 3] (camera frame).
         The rotations are built once per frame (N rows, far fewer than a batch's rays) and gathered."""
-        d = self.delta * self.unit
-        return so3_exp(d[:, :3]).index_select(0, frames), d[:, 3:].index_select(0, frames)
+        rot, trans = self._all_matrices()
+        return rot.index_select(0, frames), trans.index_select(0, frames)
 
     @torch.no_grad()
     def c2w_corrections(self) -> torch.Tensor:
         """Every frame's correction as a [N, 4, 4] matrix in NeRF units (c2w' = c2w @ this); what the
         exported model carries so the renderer can apply it without knowing the pixel units."""
-        d = self.delta * self.unit
-        rot, trans = so3_exp(d[:, :3]), d[:, 3:]
+        rot, trans = self._all_matrices()
         out = torch.eye(4, device=rot.device).repeat(rot.shape[0], 1, 1)
         out[:, :3, :3], out[:, :3, 3] = rot, trans
         return out
