@@ -57,6 +57,7 @@ class TrainConfig:
     # lower-face holes seen on unseen audio (BENCHMARKS.md, "See-through holes in the lower face").
     swap_audio_rays: int = 0
     lambda_swap_opacity: float = 0.1
+    swap_audio_region: str = "face"    # face (face rect) | lower (the lower-face rect: spares the upper face)
     # Photometric camera refinement (off by default; synctalk.nerf.pose_refine): each training frame's
     # tracked pose gets a learned rigid correction, in pixel units, learned in the head stage from
     # ``pose_refine_start`` x head_steps on, at most ~``lr_pose`` px per visit of the frame (decaying as

@@ -39,6 +39,7 @@ log = get_logger("nerf.train")
 
 SCENE_AABB = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)  # the head is scaled into 0.8 of this (data.py)
 STAGES = ("head", "lips")
+SWAP_REGIONS = ("face", "lower")  # TrainConfig.swap_audio_region
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,6 +98,9 @@ def box_biased_rays(frames: torch.Tensor, boxes: torch.Tensor, rays_per_image: i
 
 class Trainer:
     def __init__(self, data: TrainData, cfg: TrainConfig, workdir: str | Path) -> None:
+        if cfg.swap_audio_region not in SWAP_REGIONS:
+            raise StageError(f"swap_audio_region must be one of {', '.join(SWAP_REGIONS)}, "
+                             f"not {cfg.swap_audio_region!r}")
         self.data, self.cfg, self.workdir = data, cfg, Path(workdir)
         self.device = data.device
         torch.manual_seed(cfg.seed)  # parameter initialisation
@@ -321,15 +325,17 @@ class Trainer:
 
     def _swap_audio_opacity(self) -> torch.Tensor:
         """``lambda_swap_opacity`` x mean (1 - opacity) over ``swap_audio_rays`` head-step rays that fall in
-        the GT face (face rect and head mask), rendered with the audio of other random training frames
-        (drawn after the step's own draws, so the random stream is unchanged when the option is off)."""
+        the GT face (``swap_audio_region``'s rect and head mask), rendered with the audio of other random
+        training frames (drawn after the step's own draws, so the random stream is unchanged when the
+        option is off)."""
         c, d = self.cfg, self.data
+        rects = d.face_rect if c.swap_audio_region == "face" else d.lower_face
         batch, frames = self.sample_head_rays(c.swap_audio_rays)
         others = self._pick_frames(frames.shape[0])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             codes = self.training_audio_codes(others)
         out = self.render_rays(batch, codes, jitter=True)
-        skin = (_in_boxes(d.face_rect[batch.frames], batch.xs, batch.ys)
+        skin = (_in_boxes(rects[batch.frames], batch.xs, batch.ys)
                 & d.head[batch.frames, batch.ys, batch.xs].bool()).float()
         return c.lambda_swap_opacity * ((1.0 - out["opacity"]) * skin).sum() / skin.sum().clamp_min(1.0)
 
