@@ -60,11 +60,16 @@ def evenly(n: int, count: int | None) -> list[int]:
     return sorted({int(round(k)) for k in np.linspace(0, n - 1, count)})
 
 
-def sync_of(video: Path) -> dict:
-    """av_sync of a talking MP4 (its own audio track), or {"unavailable": reason}."""
+def sync_of(video: Path, gt_lms: np.ndarray | None = None) -> dict:
+    """av_sync of a talking MP4 (its own audio track), or {"unavailable": reason}; with the real mouth's
+    landmarks of the same frames, its ``mouth_motion`` under that key too."""
     from synctalk.evaluate.run import sync_metrics
 
-    return sync_metrics(video, None, "cpu")["av_sync"]
+    scores = sync_metrics(video, None, "cpu", gt_lms)
+    sync = dict(scores["av_sync"])
+    if "mouth_motion" in scores:
+        sync["mouth_motion"] = scores["mouth_motion"]
+    return sync
 
 
 def lmd_of(preds: np.ndarray, gts: np.ndarray) -> dict:
@@ -96,6 +101,7 @@ def score_phase(args: argparse.Namespace) -> dict:
     ids = np.arange(start, stop)
     gt_by_size: dict[tuple[int, int], dict[str, np.ndarray]] = {}   # ground truth per render size
     test_wav = load_driving_audio(root / S.AUDIO)[start * 640:stop * 640]
+    gt_lms = sub.landmarks()[start:stop]   # the real mouth of the test frames (mouth_motion)
 
     modes: dict[str, dict] = {}
     rendered: dict[str, list[np.ndarray]] = {}
@@ -115,7 +121,7 @@ def score_phase(args: argparse.Namespace) -> dict:
         video = out / "videos" / f"test_{mode}.mp4"
         write_video(video, preds, test_wav)
         unavailable = {**measured.get("unavailable", {}), **lmd.pop("unavailable", {})}
-        modes[mode] = {**measured, **lmd, "unavailable": unavailable, "av_sync": sync_of(video)}
+        modes[mode] = {**measured, **lmd, "unavailable": unavailable, "av_sync": sync_of(video, gt_lms)}
     gt_frames = next(iter(gt_by_size.values()))["frame"] if gt_by_size else ground_truth(sub, ids, sub.size)["frame"]
     write_video(out / "videos" / "test_ground_truth.mp4", gt_frames, test_wav)
     reference = sync_of(out / "videos" / "test_ground_truth.mp4")
@@ -205,6 +211,13 @@ def _sync_cells(sync: dict | None, name: str, notes: list[str]) -> list[str]:
             f"{100 * closed:.0f} % of {sync['silent_frames']}" if closed is not None else "no silence"]
 
 
+def _motion_cell(motion: dict | None) -> str:
+    """Lip-height correlation with the real mouth of the same frames, and the render's spread over the real one."""
+    if not motion or "unavailable" in motion:
+        return "n/a"
+    return f"{_f(motion.get('r'))} ({_f(motion.get('std_ratio'))})"
+
+
 def targets(report: dict) -> dict[str, bool | None]:
     modes, drive, gpu = report["modes"], report["drive"], report["gpu"]
 
@@ -239,22 +252,25 @@ def render_markdown(report: dict) -> str:
              f"`{gpu.get('preset')}`{' ' + str(gpu['overrides']) if gpu.get('overrides') else ''}; "
              f"GPU phase {_f(gpu.get('elapsed_seconds'), '.0f')} s.", "",
              "**Test split** (self-driven, frames " + f"{gpu['test_ids'][0]}-{gpu['test_ids'][1] - 1}). PSNR/SSIM/"
-             "perceptual on exact frames on the GPU; LMD (dlib, mouth) and av_sync on the returned JPEG frames.",
+             "perceptual on exact frames on the GPU; LMD (dlib, mouth) and av_sync on the returned JPEG frames; "
+             "mouth motion = correlation of the rendered outer-lip height with the real one over the same frames "
+             "(face mesh; synctalk.metrics.mouth_motion) and the render's spread over the real one's.",
              "", "| mode | PSNR (dB) | SSIM | LMD (px) | faces found (dlib) | perceptual_hedvgg | "
-                 "av_sync offset | av_sync r | silent frames closed | render FPS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+                 "av_sync offset | av_sync r | silent frames closed | mouth motion r (std ratio) | render FPS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes: list[str] = []
     for mode, m in modes.items():
         if "skipped" in m:
-            lines.append(f"| {mode} | skipped: {m['skipped']} |" + " |" * 8)
+            lines.append(f"| {mode} | skipped: {m['skipped']} |" + " |" * 9)
             continue
         own = f"{m.get('render_faces_found', 'n/a')} of {m.get('lmd_frames', 'n/a')}"
         lines.append(f"| {MODES[mode][2] if mode in MODES else mode} | {_f(m.get('psnr'))} | {_f(m.get('ssim'), '.4f')} | "
                      f"{_f(m.get('lmd'))} | {own} | {_f(m.get('perceptual_hedvgg'), '.4f')} | "
                      + " | ".join(_sync_cells(m.get("av_sync"), f"test {mode}", notes))
+                     + f" | {_motion_cell((m.get('av_sync') or {}).get('mouth_motion'))}"
                      + f" | {_f(m['frames'] / m['render_seconds'] if m.get('render_seconds') else None, '.1f')} |")
     lines.append("| ground-truth video (reference) | - | - | - | - | - | "
-                 + " | ".join(_sync_cells(report["ground_truth_av_sync"], "ground truth", notes)) + " | - |")
+                 + " | ".join(_sync_cells(report["ground_truth_av_sync"], "ground truth", notes)) + " | 1 (1) | - |")
     missing: dict[tuple[str, str], list[str]] = {}
     for mode, m in modes.items():
         for metric, reason in (m.get("unavailable") or {}).items():

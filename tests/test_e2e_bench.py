@@ -67,7 +67,8 @@ def test_the_results_table_is_generated_from_the_measurements():
                            "head+lips": {"seconds": 180.0, "peak_gib": 9.5, "test_psnr": 30.1,
                                          "train_seconds": {"head": 99.0, "lips": 30.0}}}},
         "modes": {"head": {"psnr": 33.5, "ssim": 0.95, "lmd": 2.5, "render_faces_found": 10, "lmd_frames": 10,
-                           "perceptual_hedvgg": 0.05, "frames": 162, "render_seconds": 1.35, "av_sync": sync},
+                           "perceptual_hedvgg": 0.05, "frames": 162, "render_seconds": 1.35,
+                           "av_sync": {**sync, "mouth_motion": {"r": -0.2, "std_ratio": 0.43, "frames": 162}}},
                   "portrait": {"psnr": 35.0, "ssim": 0.97, "lmd": 2.6, "render_faces_found": 10, "lmd_frames": 10,
                                "perceptual_hedvgg": 0.03, "frames": 162, "render_seconds": 1.5, "av_sync": {"unavailable": "too short"},
                                "unavailable": {"lpips_alex": "no --lpips-weights given"}}},
@@ -79,7 +80,10 @@ def test_the_results_table_is_generated_from_the_measurements():
     }
     report["targets"] = bench_e2e_score.targets(report)
     table = bench_e2e_score.render_markdown(report)
-    assert "| w/o portrait: head over the GT torso | 33.50 | 0.9500 | 2.50 | 10 of 10 | 0.0500 | -1 | 0.31 | 95 % of 40 | 120.0 |" in table
+    assert ("| w/o portrait: head over the GT torso | 33.50 | 0.9500 | 2.50 | 10 of 10 | 0.0500 | -1 | 0.31 | 95 % of 40 "
+            "| -0.20 (0.43) | 120.0 |") in table
+    assert "| 0.0300 | n/a | n/a | n/a | n/a | 108.0 |" in table                  # portrait: no sync, no motion
+    assert "| 95 % of 40 | 1 (1) | - |" in table                                # the ground truth's own row
     assert "av_sync n/a for test portrait: too short" in table
     assert "lpips_alex n/a (portrait): no --lpips-weights given" in table
     assert "| obama | 24.4 | 610 | 122.0 | 90.0 | closed: 40 frames, rest frame 7 | +3 |" in table and "| demo | skipped: past the 540-s deadline" in table

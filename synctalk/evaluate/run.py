@@ -177,15 +177,24 @@ def write_video(path: Path, frames, audio: np.ndarray | None) -> None:
             writer.write(frame)
 
 
-def sync_metrics(video: Path, syncnet_weights: str | None, device: str) -> dict:
-    """av_sync (face mesh + speech-band audio energy) and, with weights, SyncNet LSE-C/D of an MP4 with audio."""
+def sync_metrics(video: Path, syncnet_weights: str | None, device: str, gt_lms: np.ndarray | None = None) -> dict:
+    """av_sync (face mesh + speech-band audio energy) and, with weights, SyncNet LSE-C/D of an MP4 with audio;
+    with the ground truth's face-mesh landmarks of the same frames, ``mouth_motion`` too (one face-mesh pass)."""
     out: dict = {}
     try:
-        from synctalk.audio.av_sync import score_video
+        from synctalk.audio.av_sync import load_talking_video, score_sync
 
-        score = score_video(video).to_json()
+        lms, wav = load_talking_video(video)
+        score = score_sync(lms, wav).to_json()
         score.pop("correlations", None)
         out["av_sync"] = score
+        if gt_lms is not None:
+            from synctalk.metrics.mouth_motion import mouth_motion
+
+            try:
+                out["mouth_motion"] = mouth_motion(lms, gt_lms)
+            except InputError as e:
+                out["mouth_motion"] = _unavailable(e)
     except (ImportError, MissingWeightsError, InputError, OSError) as e:
         out["av_sync"] = _unavailable(e)
     if syncnet_weights:
@@ -232,6 +241,7 @@ def evaluate_subject(subject_root: str | Path, audios: tuple[str | Path, ...] = 
     if ids.size == 0:
         raise InputError(f"{root} has an empty test split")
     gts = ground_truth(sub, ids, size, options.gt_halo_px)
+    gt_lms = sub.landmarks()[ids] if sub.path(S.LANDMARKS).is_file() else None   # for mouth_motion
     wav = load_driving_audio(sub.path(S.AUDIO), allow_silent=True)
     test_audio = wav[ids[0] * 640:(ids[-1] + 1) * 640]
     can_write = mp4_backend() is not None
@@ -254,7 +264,7 @@ def evaluate_subject(subject_root: str | Path, audios: tuple[str | Path, ...] = 
         if can_write:
             video = out / f"test_{mode.replace('+', '_')}.mp4"
             write_video(video, frames, test_audio)
-            metrics.update(sync_metrics(video, options.syncnet_weights, options.device))
+            metrics.update(sync_metrics(video, options.syncnet_weights, options.device, gt_lms))
             if options.video:
                 write_video(out / f"compare_{mode.replace('+', '_')}.mp4",
                             (side_by_side(g, p) for g, p in zip(gt, frames)), test_audio)
@@ -302,7 +312,8 @@ def _fmt(value, digits: int) -> str:
 
 def format_table(result: dict) -> str:
     """Plain-text table of the per-mode metrics and the cross-driven sync scores."""
-    head = f"{'mode':<16} {'PSNR':>7} {'SSIM':>7} {'HEDVGG':>7} {'LPIPS':>7} {'LMD':>6} {'faces':>6} {'sync off':>8} {'sync r':>7} {'LSE-C':>6} {'LSE-D':>6}"
+    head = (f"{'mode':<16} {'PSNR':>7} {'SSIM':>7} {'HEDVGG':>7} {'LPIPS':>7} {'LMD':>6} {'faces':>6} "
+            f"{'sync off':>8} {'sync r':>7} {'LSE-C':>6} {'LSE-D':>6} {'lip r':>6} {'lip sd':>6}")
     lines = [head, "-" * len(head)]
 
     def sync_cols(m: dict) -> str:
@@ -310,7 +321,9 @@ def format_table(result: dict) -> str:
         lse = m.get("lse", {})
         off = str(av["best_offset"]) if "best_offset" in av else "n/a"
         r = _fmt(av.get("peak_correlation", {}), 3)
-        return f"{off:>8} {r:>7} {_fmt(lse.get('lse_c', {}), 2):>6} {_fmt(lse.get('lse_d', {}), 2):>6}"
+        motion = m.get("mouth_motion", {})   # test split only: it needs the real mouth of the same frames
+        return (f"{off:>8} {r:>7} {_fmt(lse.get('lse_c', {}), 2):>6} {_fmt(lse.get('lse_d', {}), 2):>6} "
+                f"{_fmt(motion.get('r', {}), 2):>6} {_fmt(motion.get('std_ratio', {}), 2):>6}")
 
     for mode, m in result["modes"].items():
         lines.append(f"{mode:<16} {_fmt(m['psnr'], 2):>7} {_fmt(m['ssim'], 4):>7} "
