@@ -55,11 +55,14 @@ MODES: dict[str, tuple[bool, bool, str]] = {
     "torso+portrait": (True, True, "full + portrait"),
 }
 DRIVE_MODE = "torso+portrait"      # what `synctalk run` writes by default
-VOLUME_BYTES = int(15 * 2**20)     # each returned file stays under the 16 MiB limit
-# The device returns <= 8 files and <= 64 MiB in all: 4 archives (60 MiB) + bench_gpu.json + the log.
-# (Six 15.5-MiB archives lost the last one to the 64-MiB total in the first run.)
+VOLUME_BYTES = int(14.5 * 2**20)   # each returned file stays under the 16 MiB limit
+# The device returns <= 8 files and <= 64 MiB in all: 4 archives (58 MiB) + bench_gpu.json + the audio
+# features (features_f16.npy, 1.8 MB for 71 s) + the log. (Six 15.5-MiB archives lost the last one to the
+# 64-MiB total in the first run.)
 MAX_VOLUMES = 4
 JPEG_QUALITY = 92
+FEATURES_RETURNED = "features_f16.npy"
+TRAIN_PROBE = 162                  # training frames rendered for the mouth-motion comparison (= the test split)
 PROCESS_START = time.perf_counter()
 
 
@@ -151,6 +154,8 @@ def gpu_phase(args: argparse.Namespace) -> None:
                                             sub.n_frames - sub.split.n_train)
         audio, entry = stages.run("audio", build_subject_audio, root, audio_cfg)
         entry.update(audio)
+        # What the NeRF is fed, for the score phase's "what the audio carries about the mouth" table.
+        np.save(out / FEATURES_RETURNED, np.load(root / FEATURES).astype(np.float16))
     else:  # reuse the carried features with the encoder weights that made them
         if not args.ave:
             raise InputError("--audio reuse needs --ave PATH (the ave.safetensors that made audio/features.npy)")
@@ -193,6 +198,16 @@ def gpu_phase(args: argparse.Namespace) -> None:
                  metrics.get("perceptual_hedvgg"))
         if crop is None:
             to_jpeg(preds, staging / f"test_{mode}")
+        stages.save()
+    # The head render of the last TRAIN_PROBE training frames (seen in training): its mouth motion beside
+    # the test split's tells a memorised audio path (follows the real mouth on train, not on test) from
+    # one the field does not use at all (follows it on neither).
+    probe = np.arange(max(0, sub.split.n_train - TRAIN_PROBE), sub.split.n_train)
+    if crop is None and probe.size and stages.elapsed() <= args.deadline:
+        preds, entry = stages.run("train-frame render head", render_test_mode, root, None, "head", probe, eval_options)
+        facts["train_probe"] = {"ids": [int(probe[0]), int(probe[-1]) + 1], "frames": len(preds),
+                                "render_seconds": entry["seconds"]}
+        to_jpeg(preds, staging / "train_head")
         stages.save()
 
     for wav in wavs:

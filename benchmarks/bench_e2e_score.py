@@ -122,6 +122,7 @@ def score_phase(args: argparse.Namespace) -> dict:
         write_video(video, preds, test_wav)
         unavailable = {**measured.get("unavailable", {}), **lmd.pop("unavailable", {})}
         modes[mode] = {**measured, **lmd, "unavailable": unavailable, "av_sync": sync_of(video, gt_lms)}
+    train_probe = score_train_probe(gpu, sub, frames_root, out)
     gt_frames = next(iter(gt_by_size.values()))["frame"] if gt_by_size else ground_truth(sub, ids, sub.size)["frame"]
     write_video(out / "videos" / "test_ground_truth.mp4", gt_frames, test_wav)
     reference = sync_of(out / "videos" / "test_ground_truth.mp4")
@@ -142,13 +143,48 @@ def score_phase(args: argparse.Namespace) -> dict:
         contact_sheet(list(gt_frames), rendered, out / "contact_sheet.png")
 
     report = {"gpu": {k: v for k, v in gpu.items() if k not in ("modes", "drive")}, "modes": modes,
-              "ground_truth_av_sync": reference, "drive": drive}
+              "ground_truth_av_sync": reference, "drive": drive, "train_probe": train_probe,
+              "audio_carries": audio_carries(root, results / features_returned())}
     report["targets"] = targets(report)
     markdown = render_markdown(report)
     write_json(out / "results.json", report)
     write_text(out / "results.md", markdown)
     print(markdown)
     return report
+
+
+def score_train_probe(gpu: dict, sub, frames_root: Path, out: Path) -> dict | None:
+    """av_sync and mouth motion of the head render of training frames (bench_e2e's TRAIN_PROBE), if returned."""
+    from synctalk import subject as S
+    from synctalk.audio.load import load_driving_audio
+    from synctalk.evaluate.run import write_video
+
+    probe = gpu.get("train_probe")
+    frames = read_jpegs(frames_root / "train_head") if probe else []
+    if not frames:
+        return None
+    start, stop = probe["ids"]
+    wav = load_driving_audio(sub.root / S.AUDIO)[start * 640:stop * 640]
+    video = out / "videos" / "train_head.mp4"
+    write_video(video, frames, wav)
+    log.info("scoring the head render of training frames %d-%d", start, stop - 1)
+    return {**probe, "av_sync": sync_of(video, sub.landmarks()[start:stop])}
+
+
+def features_returned() -> str:
+    from bench_e2e import FEATURES_RETURNED
+
+    return FEATURES_RETURNED
+
+
+def audio_carries(root: Path, features_path: Path) -> list[dict]:
+    """How well the real test mouth is predicted from the audio alone (bench_audio_lip_baseline: ridge to
+    the real lip height, fitted on train), from the mel windows and, when the run returned them, from the
+    audio features the NeRF was fed: the reference for the renders' mouth-motion r."""
+    from bench_audio_lip_baseline import baseline_rows
+
+    features = np.load(features_path, allow_pickle=False) if features_path.is_file() else None
+    return [{"input": name, **r} for name, r in baseline_rows(root, (64,), features=features)]
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -269,6 +305,11 @@ def render_markdown(report: dict) -> str:
                      + " | ".join(_sync_cells(m.get("av_sync"), f"test {mode}", notes))
                      + f" | {_motion_cell((m.get('av_sync') or {}).get('mouth_motion'))}"
                      + f" | {_f(m['frames'] / m['render_seconds'] if m.get('render_seconds') else None, '.1f')} |")
+    probe = report.get("train_probe")
+    if probe:
+        lines.append(f"| head, training frames {probe['ids'][0]}-{probe['ids'][1] - 1} (seen in training) | - | - | - | - | - | "
+                     + " | ".join(_sync_cells(probe.get("av_sync"), "training frames", notes))
+                     + f" | {_motion_cell((probe.get('av_sync') or {}).get('mouth_motion'))} | - |")
     lines.append("| ground-truth video (reference) | - | - | - | - | - | "
                  + " | ".join(_sync_cells(report["ground_truth_av_sync"], "ground truth", notes)) + " | 1 (1) | - |")
     missing: dict[tuple[str, str], list[str]] = {}
@@ -292,10 +333,17 @@ def render_markdown(report: dict) -> str:
                      + " | ".join(_sync_cells(d.get("av_sync"), clip, notes)) + " |")
     if notes:
         lines += [""] + [f"* {note}" for note in notes]
+    if report.get("audio_carries"):
+        lines += ["", "**What the audio carries about the mouth** (ridge regression to the real outer-lip "
+                      "height, fitted on the train frames; r on the test frames is the reference for the "
+                      "renders' mouth-motion r; benchmarks/bench_audio_lip_baseline.py)", "",
+                  "| audio input | r train | r test | std ratio test |", "|---|---:|---:|---:|"]
+        lines += [f"| {row['input']} | {row['r_train']:.3f} | {row['r_test']:.3f} | {row['std_ratio_test']:.2f} |"
+                  for row in report["audio_carries"]]
     lines += ["", "**Training and memory**", "", "| stage | wall (s) | peak GPU memory (GiB) | test PSNR (dB) |",
               "|---|---|---|---|"]
     for name, st in gpu.get("stages", {}).items():
-        if name.startswith(("test render", "drive ")):
+        if name.startswith(("test render", "drive ", "train-frame render")):
             continue
         train = st.get("train_seconds")
         extra = f" (train steps {', '.join(f'{k} {v:.0f} s' for k, v in train.items())})" if isinstance(train, dict) else ""

@@ -78,8 +78,11 @@ def test_the_results_table_is_generated_from_the_measurements():
                                         "rest": {"frame": 7, "candidates": 12, "source": "silent+closed"}}},
                   "demo": {"skipped": "past the 540-s deadline"}},
     }
+    report["audio_carries"] = [{"input": "mel, first 64 principal components", "r_train": 0.704, "r_test": 0.541,
+                                "std_ratio_test": 0.6}]
     report["targets"] = bench_e2e_score.targets(report)
     table = bench_e2e_score.render_markdown(report)
+    assert "| mel, first 64 principal components | 0.704 | 0.541 | 0.60 |" in table
     assert ("| w/o portrait: head over the GT torso | 33.50 | 0.9500 | 2.50 | 10 of 10 | 0.0500 | -1 | 0.31 | 95 % of 40 "
             "| -0.20 (0.43) | 120.0 |") in table
     assert "| 0.0300 | n/a | n/a | n/a | n/a | 108.0 |" in table                  # portrait: no sync, no motion
@@ -114,3 +117,21 @@ def test_the_evaluate_functions_the_benchmark_calls_keep_their_signatures():
         extra = list(signature.values())[len(params):]
         assert all(p.default is not inspect.Parameter.empty for p in extra), name
     assert {"device"} <= set(run.EvaluateOptions.__dataclass_fields__)
+
+
+@pytest.mark.slow
+def test_the_real_anchor_audio_predicts_its_test_mouth_and_noise_features_do_not(prepared_anchor: Path, tmp_path):
+    """The score phase's reference for mouth motion (bench_audio_lip_baseline via audio_carries): on the
+    real anchor a linear model of the mel windows predicts the held-out frames' lip height (r ~ 0.5),
+    while features with no audio in them fit the train frames and predict nothing."""
+    from synctalk import subject as S
+
+    n = S.Subject(prepared_anchor).n_frames
+    noise = tmp_path / "features_f16.npy"
+    np.save(noise, np.random.default_rng(0).standard_normal((n, 512)).astype(np.float16))
+    rows = {row["input"]: row for row in bench_e2e_score.audio_carries(prepared_anchor, noise)}
+    mel, fake = rows["mel, first 64 principal components"], rows["AVE features, first 64 principal components"]
+    assert mel["r_test"] > 0.4 and mel["r_train"] > mel["r_test"]
+    assert abs(fake["r_test"]) < 0.2 and fake["r_train"] > 0.1   # ~sqrt(64 / 1617): fitted noise
+    assert "AVE features, first 64 principal components" not in {
+        row["input"] for row in bench_e2e_score.audio_carries(prepared_anchor, tmp_path / "absent.npy")}
