@@ -28,22 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synctalk import subject as S  # noqa: E402
 from synctalk.audio.av_sync import frame_band_energy_db  # noqa: E402
+from synctalk.audio.lip_probe import pca, ridge_scores  # noqa: E402
 from synctalk.audio.load import load_driving_audio  # noqa: E402
 from synctalk.audio.mel import melspectrogram  # noqa: E402
 from synctalk.audio.mouth import lip_height  # noqa: E402
 from synctalk.audio.windows import frame_windows  # noqa: E402
-
-
-def ridge_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, lam: float) -> dict:
-    """Standardise on train, fit ridge on train, report r on train and test and the test std ratio."""
-    mu, sd = x[train].mean(0), x[train].std(0) + 1e-9
-    z = (x - mu) / sd
-    target = y[train] - y[train].mean()
-    w = np.linalg.solve(z[train].T @ z[train] + lam * np.eye(z.shape[1]), z[train].T @ target)
-    pred = z @ w + y[train].mean()
-    return {"r_train": float(np.corrcoef(pred[train], y[train])[0, 1]),
-            "r_test": float(np.corrcoef(pred[test], y[test])[0, 1]),
-            "std_ratio_test": float(pred[test].std() / y[test].std())}
 
 
 def baseline_rows(subject: Path, components: tuple[int, ...] = (16, 64, 256), ridge: float = 10.0,
@@ -70,13 +59,6 @@ def baseline_rows(subject: Path, components: tuple[int, ...] = (16, 64, 256), ri
                 rows.append((f"AVE features, first {k} principal components",
                              ridge_scores(pca(feats, train, k), y, train, test, ridge)))
     return rows
-
-
-def pca(x: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
-    """``x`` projected on its first ``k`` principal axes of the train rows."""
-    centred = x - x[train].mean(0)
-    _, _, vt = np.linalg.svd(centred[train], full_matrices=False)
-    return centred @ vt[:k].T
 
 
 def markdown(rows: list[tuple[str, dict]]) -> list[str]:

@@ -40,8 +40,10 @@ def _cfg(**kw):
 def test_artefacts_written_and_reloadable(tmp_path: Path):
     torch.set_num_threads(1)
     wav, crops = _synthetic()
-    facts = build_from_arrays(tmp_path, wav, crops, N_TRAIN, _cfg())
+    lip = 0.09 + 0.02 * np.sin(np.arange(N_FRAMES) / 2.0)       # the real lip heights (lip_probe)
+    facts = build_from_arrays(tmp_path, wav, crops, N_TRAIN, _cfg(), lip)
     assert facts["audio_feature_frames"] == N_FRAMES
+    assert set(facts["ave_lip_probe"]) == {"r_train", "r_test", "std_ratio_test", "components"}
     assert 0.0 <= facts["ave_test_sync_within_1"] <= 1.0
     feats = np.load(tmp_path / FEATURES, allow_pickle=False)
     assert feats.shape == (N_FRAMES, 512) and feats.dtype == np.float32
@@ -59,7 +61,7 @@ def test_artefacts_written_and_reloadable(tmp_path: Path):
     assert everything["windows"] == acc["windows_all"]
     assert everything["within_tolerance"] == pytest.approx(acc["within_tolerance_all"])
     meta = (tmp_path / AVE_META).read_text()
-    assert '"test_sync"' in meta and '"loss_last"' in meta
+    assert '"test_sync"' in meta and '"loss_last"' in meta and '"lip_probe"' in meta
     assert not list(tmp_path.rglob(".*.tmp*"))  # atomic writes left no temporaries
 
 

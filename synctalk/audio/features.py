@@ -78,21 +78,30 @@ def load_subject_ave(root: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 def build_from_arrays(root: Path, wav: np.ndarray, crops: np.ndarray, n_train: int,
-                      cfg: SyncTrainConfig) -> dict:
-    """Train on the train frames, measure held-out sync accuracy, write every artefact; returns facts."""
+                      cfg: SyncTrainConfig, lip: np.ndarray | None = None) -> dict:
+    """Train on the train frames, measure held-out sync accuracy, write every artefact; returns facts.
+    With the real lip heights [N] (``mouth.lip_height``), also how well the features predict them
+    linearly on train vs test frames (``lip_probe``: a large gap = features that leak the training mouths)."""
+    from synctalk.audio.lip_probe import lip_probe
+
     n_frames = len(crops)
     model, stats = train_sync_model(wav, crops, n_train, cfg)
     accuracy = sync_accuracy(model, wav, crops, range(n_train, n_frames), cfg.eval_max_offset)
     log.info("held-out sync: %.1f %% of %d voiced test windows within +-1 frame (exact %.1f %%)",
              100 * accuracy["within_tolerance"], accuracy["windows"], 100 * accuracy["exact"])
     features = audio_features(model.audio, wav, n_frames)
+    probe = lip_probe(features, lip, n_train) if lip is not None else None
+    if probe:
+        log.info("features -> real lip height (ridge, fitted on train): r %.2f on train, %.2f on test",
+                 probe["r_train"], probe["r_test"])
     save_sync_model(root, model, {"training": stats, "test_sync": accuracy, "feature_dim": 512,
-                                  "n_frames": n_frames}, crop=cfg.crop)
+                                  "n_frames": n_frames, "lip_probe": probe}, crop=cfg.crop)
     save_npy(root / FEATURES, features.astype(np.float32))
     return {"ave_test_sync_within_1": accuracy["within_tolerance"],
             "ave_test_sync_within_1_all_windows": accuracy["within_tolerance_all"],
             "ave_test_sync_within_1_span13": accuracy.get("within_tolerance_span13"),
             "ave_train_seconds": stats["seconds"],
+            "ave_lip_probe": probe,
             "audio_feature_frames": n_frames}
 
 
@@ -110,5 +119,7 @@ def load_subject_arrays(root: str | os.PathLike, crop: str = "lips") -> tuple[np
 
 def build_subject_audio(root: str | os.PathLike, cfg: SyncTrainConfig) -> dict:
     """Train the subject's sync model from a prepared subject directory (audio.wav, frames, landmarks)."""
+    from synctalk.audio.mouth import lip_height
+
     wav, crops, n_train = load_subject_arrays(root, cfg.crop)
-    return build_from_arrays(Path(root), wav, crops, n_train, cfg)
+    return build_from_arrays(Path(root), wav, crops, n_train, cfg, lip_height(S.Subject(root).landmarks()))
