@@ -141,6 +141,11 @@ def score_phase(args: argparse.Namespace) -> dict:
         strip(frames, out / f"drive_{clip}.png")
     if rendered:
         contact_sheet(list(gt_frames), rendered, out / "contact_sheet.png")
+    curves = {"test frames, head": (out / "videos" / "test_head.mp4", gt_lms)}
+    if train_probe:
+        start, stop = train_probe["ids"]
+        curves["training frames, head"] = (out / "videos" / "train_head.mp4", sub.landmarks()[start:stop])
+    mouth_curves({k: v for k, v in curves.items() if v[0].is_file()}, out / "mouth_motion.png")
 
     report = {"gpu": {k: v for k, v in gpu.items() if k not in ("modes", "drive")}, "modes": modes,
               "ground_truth_av_sync": reference, "drive": drive, "train_probe": train_probe,
@@ -216,6 +221,33 @@ def contact_sheet(gts: list[np.ndarray], rendered: dict[str, list[np.ndarray]], 
         tiles = [_tile(gts[i], f"ground truth, test frame {i}")] + [_tile(v[i], mode) for mode, v in rendered.items()]
         lines.append(np.concatenate(tiles, axis=1))
     _save_png(path, np.concatenate(lines, axis=0))
+
+
+def mouth_curves(videos: dict[str, tuple[Path, np.ndarray]], path: Path) -> None:
+    """One panel per video: the rendered outer-lip height against the real mouth's over the same frames."""
+    if not videos:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synctalk.audio.mouth import face_mesh_landmarks, lip_height
+
+    fig, axes = plt.subplots(len(videos), 1, figsize=(10, 2.6 * len(videos)), squeeze=False)
+    for ax, (name, (video, gt_lms)) in zip(axes[:, 0], videos.items()):
+        lms, _, _ = face_mesh_landmarks(video)
+        real, ours = lip_height(gt_lms), lip_height(lms)
+        r = float(np.corrcoef(real, ours)[0, 1]) if ours.std() > 0 else float("nan")
+        ax.plot(real, color="black", lw=1.2, label="real mouth")
+        ax.plot(ours, color="tab:red", lw=1.2, label="render")
+        ax.set_title(f"{name}: outer-lip height / face height (r = {r:.2f}, spread ratio {ours.std() / real.std():.2f})",
+                     fontsize=9)
+        ax.set_xlabel("frame (25 fps)", fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def strip(frames: list[np.ndarray], path: Path, count: int = 6) -> None:
