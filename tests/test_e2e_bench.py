@@ -135,3 +135,19 @@ def test_the_real_anchor_audio_predicts_its_test_mouth_and_noise_features_do_not
     assert abs(fake["r_test"]) < 0.2 and fake["r_train"] > 0.1   # ~sqrt(64 / 1617): fitted noise
     assert "AVE features, first 64 principal components" not in {
         row["input"] for row in bench_e2e_score.audio_carries(prepared_anchor, tmp_path / "absent.npy")}
+
+
+@pytest.mark.slow
+def test_mouth_curves_draw_one_panel_per_video(shared_data: Path, tmp_path):
+    from synctalk.audio.mouth import face_mesh_landmarks
+
+    video = shared_data / "may_real3dportrait_5s.mp4"
+    lms, _, _ = face_mesh_landmarks(video)
+    path = tmp_path / "mouth_motion.png"
+    bench_e2e_score.mouth_curves({"real against itself": (video, lms), "again": (video, lms)}, path)
+    import cv2
+
+    img = cv2.imread(str(path))
+    assert img is not None and img.shape[0] > 400 and img.shape[1] == 1000     # two stacked 10-inch panels
+    bench_e2e_score.mouth_curves({}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
